@@ -1,0 +1,220 @@
+"""The configuration schema: conf/ is composed into params.yaml, validated here before any work.
+
+Defaults live only in conf/. The schema below holds types and ranges, never values, so a
+key missing from conf/ is an error rather than a silently different default. Sections built
+with ``_target_`` (model, scheduler) are checked against the signature of the object they
+build: the constructor's own annotations (``Annotated[int, Field(gt=0)]``) are the schema.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Annotated, Any, Literal, Mapping
+
+import yaml
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from textclf.errors import TextclfError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+class _Section(BaseModel):
+    """A config section: every key required (defaults live in conf/), unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DataConfig(_Section):
+    name: str
+    url: str = Field(min_length=1)
+    mirrors: list[str]
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    archive_name: str = Field(min_length=1)
+    train_dir: str = Field(min_length=1)
+    test_dir: str = Field(min_length=1)
+    remove: list[Literal["headers", "footers", "quotes"]]
+    lowercase: bool
+    token_pattern: str = Field(min_length=1)
+    min_freq: PositiveInt
+    max_vocab: PositiveInt | None
+    val_fraction: Annotated[float, Field(gt=0, lt=1)]
+    split_seed: NonNegativeInt
+
+
+class TrainConfig(_Section):
+    batch_size: PositiveInt
+    eval_batch_size: PositiveInt
+    num_workers: NonNegativeInt
+    label_smoothing: Fraction
+    num_threads: PositiveInt | None
+
+
+class OptimizerConfig(_Section):
+    target: Literal["torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"] = Field(
+        alias="_target_"
+    )
+    partial: Literal[True] = Field(alias="_partial_")
+    lr: PositiveFloat
+    weight_decay: NonNegativeFloat
+    momentum: NonNegativeFloat | None = None  # SGD only: conf/optimizer/sgd.yaml sets it
+    nesterov: bool | None = None  # SGD only
+
+
+class TrainerConfig(_Section):
+    """The lightning.pytorch.Trainer arguments this project supports."""
+
+    target: Literal["lightning.pytorch.Trainer", "lightning.Trainer"] = Field(alias="_target_")
+    accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"]
+    devices: Annotated[int, Field(ge=-1)] | str | list[NonNegativeInt]
+    num_nodes: PositiveInt
+    strategy: str
+    precision: Literal["32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true"]
+    max_epochs: PositiveInt
+    log_every_n_steps: PositiveInt
+    gradient_clip_val: PositiveFloat | None
+    deterministic: bool
+    num_sanity_val_steps: NonNegativeInt
+    enable_progress_bar: bool
+
+
+class TrackingConfig(_Section):
+    uri: str | None
+    experiment_name: str = Field(min_length=1)
+    run_name: str | None
+
+
+class PathsConfig(_Section):
+    raw: Path
+    processed: Path
+    models: Path
+    reports: Path
+
+
+class Config(_Section):
+    """The whole of params.yaml. ``model`` and ``scheduler`` are checked by their targets."""
+
+    seed: NonNegativeInt
+    data: DataConfig
+    model: dict[str, Any]
+    optimizer: OptimizerConfig
+    scheduler: dict[str, Any]
+    trainer: TrainerConfig
+    tracking: TrackingConfig
+    train: TrainConfig
+    paths: PathsConfig
+    raw: DictConfig | None = Field(default=None, exclude=True)  # the validated input, as given
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+# Arguments the pipeline supplies when it builds an object, so they are not config keys.
+RUNTIME_ARGUMENTS = {
+    "model": ("vocab_size", "num_classes"),
+    "scheduler": ("optimizer", "total_steps"),
+}
+
+
+def _check_target_section(section: str, values: Mapping[str, Any]) -> list[str]:
+    """Checks a ``_target_`` section against the signature of what it builds."""
+    target = values.get("_target_")
+    if not isinstance(target, str):
+        return [f"{section}._target_: missing (the class or function to build)"]
+    try:
+        built = get_object(target)
+    except Exception:  # noqa: BLE001 - Hydra raises several types for an unimportable path
+        return [f"{section}._target_: cannot import '{target}'"]
+    parameters = inspect.signature(built).parameters
+    allowed = [name for name in parameters if name not in RUNTIME_ARGUMENTS[section]]
+    problems = []
+    for key, value in values.items():
+        if key in ("_target_", "_partial_"):
+            continue
+        if key not in allowed:
+            problems.append(
+                f"{section}.{key}: unknown key for {target} (expected one of: {', '.join(allowed)})"
+            )
+            continue
+        annotation = parameters[key].annotation
+        if annotation is inspect.Parameter.empty:
+            continue
+        try:
+            TypeAdapter(annotation).validate_python(value, strict=False)
+        except ValidationError as error:
+            problems.append(f"{section}.{key}: {error.errors()[0]['msg'].lower()} (got {value!r})")
+    for name in allowed:
+        parameter = parameters[name]
+        if parameter.default is inspect.Parameter.empty and name not in values:
+            problems.append(f"{section}.{name}: missing (required by {target})")
+    return problems
+
+
+def _format_pydantic(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        elif item["type"] == "missing":
+            lines.append(f"{key}: missing")
+        else:
+            lines.append(f"{key}: {item['msg'].lower()} (got {item.get('input')!r})")
+    return lines
+
+
+def validate(cfg: DictConfig | Mapping[str, Any], source: str = "config") -> Config:
+    """Validates the whole config; raises one TextclfError that lists every problem."""
+    container = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
+    values = OmegaConf.to_container(container, resolve=True)
+    problems: list[str] = []
+    try:
+        parsed = Config.model_validate(values)
+    except ValidationError as error:
+        problems.extend(_format_pydantic(error))
+        parsed = None
+    for section in RUNTIME_ARGUMENTS:
+        section_values = values.get(section)
+        if isinstance(section_values, dict):
+            problems.extend(_check_target_section(section, section_values))
+    if problems:
+        raise TextclfError(f"invalid {source}: " + "; ".join(problems))
+    assert parsed is not None
+    return parsed.model_copy(update={"raw": container})
+
+
+def load_params(path: str | Path = "params.yaml") -> Config:
+    """Reads and validates params.yaml (the composition of conf/, written by DVC or by hand)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TextclfError(f"{path}: not found (run from the repository root, or pass --params)")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise TextclfError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from error
+    if not isinstance(values, dict):
+        raise TextclfError(f"{path}: expected a mapping of config sections")
+    return validate(values, source=str(path))
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}, the form MLflow params take."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The resolved config as plain data (what params.yaml holds)."""
+    return OmegaConf.to_container(cfg.raw, resolve=True)  # type: ignore[return-value]

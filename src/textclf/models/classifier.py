@@ -1,0 +1,74 @@
+"""The LightningModule: a backbone from conf/model, cross-entropy, torchmetrics per split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+
+def split_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    return MetricCollection(
+        {
+            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+        },
+        prefix=prefix,
+    )
+
+
+class TextClassifier(pl.LightningModule):
+    """Builds its backbone from the model config, so a checkpoint alone rebuilds the model.
+
+    ``model``, ``optimizer`` and ``scheduler`` are the resolved config sections (plain dicts
+    with ``_target_``); they are saved as hyperparameters inside every checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optimizer: dict[str, Any],
+        scheduler: dict[str, Any],
+        vocab_size: int,
+        num_classes: int,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        # Saved in the checkpoint; the train stage logs the whole flattened config itself.
+        self.save_hyperparameters(logger=False)
+        self.backbone: nn.Module = instantiate(model, vocab_size=vocab_size, num_classes=num_classes)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.val_metrics = split_metrics(num_classes, prefix="val/")
+
+    def forward(self, tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.backbone(tokens, offsets, lengths)
+
+    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self(batch["tokens"], batch["offsets"], batch["lengths"])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self.criterion(self._logits(batch), batch["labels"])
+        size = batch["labels"].numel()
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=size)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self._logits(batch)
+        loss = self.criterion(logits, batch["labels"])
+        size = batch["labels"].numel()
+        self.val_metrics.update(logits, batch["labels"])
+        self.log("val/loss", loss, on_epoch=True, batch_size=size, sync_dist=True)
+        # Logging the metric objects lets Lightning compute and sync them across DDP ranks.
+        self.log_dict(self.val_metrics, on_epoch=True, batch_size=size)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        scheduler = instantiate(self.hparams.scheduler)(
+            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,73 @@
+"""fastText-style classifier: the mean of word and hashed-bigram embeddings, then a linear layer."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from textclf.config import Fraction, NonNegativeInt, PositiveInt
+
+# Multiplier of the bigram hash (a prime larger than any vocabulary we expect).
+BIGRAM_HASH_PRIME = 1_000_003
+
+
+def bigram_ids(tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor,
+               vocab_size: int, buckets: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hashed ids of adjacent token pairs within each document.
+
+    tokens (T,), offsets (B,), lengths (B,) -> ids (T - B',), offsets (B,), lengths (B,)
+    where ids fall in [vocab_size, vocab_size + buckets) and B' counts non-empty documents.
+    """
+    pair_lengths = (lengths - 1).clamp(min=0)
+    if tokens.numel() < 2:
+        empty = tokens.new_zeros(0)
+        return empty, torch.zeros_like(offsets), pair_lengths
+    # A pair starting at position p is inside one document unless p is a document's last token.
+    is_last = torch.zeros(tokens.numel(), dtype=torch.bool, device=tokens.device)
+    ends = offsets + lengths - 1
+    is_last[ends[lengths > 0]] = True
+    left = tokens[:-1][~is_last[:-1]]
+    right = tokens[1:][~is_last[:-1]]
+    ids = (left * BIGRAM_HASH_PRIME + right) % buckets + vocab_size
+    pair_offsets = torch.zeros_like(offsets)
+    torch.cumsum(pair_lengths[:-1], dim=0, out=pair_offsets[1:])
+    return ids, pair_offsets, pair_lengths
+
+
+class FastText(nn.Module):
+    """Bag of word + bigram embeddings (Joulin et al., 2016).
+
+    One table holds ``vocab_size`` word rows then ``ngram_buckets`` hashed bigram rows; a
+    document is the mean of its rows, so cost is linear in its length and independent of order.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        embed_dim: PositiveInt,
+        ngram_buckets: NonNegativeInt,
+        dropout: Fraction,
+        max_len: PositiveInt | None = None,
+    ) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.ngram_buckets = ngram_buckets
+        self.max_len = max_len  # read by the data module: tokens kept per document
+        self.embedding = nn.EmbeddingBag(vocab_size + ngram_buckets, embed_dim, mode="sum")
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(embed_dim, num_classes)
+        nn.init.uniform_(self.embedding.weight, -1.0 / embed_dim, 1.0 / embed_dim)
+
+    def forward(self, tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """tokens (T,), offsets (B,), lengths (B,) -> logits (B, num_classes)"""
+        summed = self.embedding(tokens, offsets)  # (B, D)
+        count = lengths.clone()
+        if self.ngram_buckets > 0:
+            ids, pair_offsets, pair_lengths = bigram_ids(
+                tokens, offsets, lengths, self.vocab_size, self.ngram_buckets
+            )
+            summed = summed + self.embedding(ids, pair_offsets)
+            count = count + pair_lengths
+        mean = summed / count.clamp(min=1).unsqueeze(1).to(summed.dtype)
+        return self.classifier(self.dropout(mean))

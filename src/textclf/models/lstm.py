@@ -1,0 +1,49 @@
+"""Bidirectional LSTM over word embeddings, max-pooled over the real (unpadded) time steps."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from textclf.config import Fraction, PositiveInt
+from textclf.data.encoded import PAD_ID
+from textclf.models.sequence import pad_batch
+
+
+class LSTMClassifier(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        embed_dim: PositiveInt,
+        hidden_dim: PositiveInt,
+        num_layers: PositiveInt,
+        bidirectional: bool,
+        dropout: Fraction,
+        max_len: PositiveInt | None,
+    ) -> None:
+        super().__init__()
+        self.max_len = max_len  # read by the data module: tokens kept per document
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.lstm = nn.LSTM(
+            embed_dim,
+            hidden_dim,
+            num_layers=num_layers,
+            bidirectional=bidirectional,
+            batch_first=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_dim * (2 if bidirectional else 1), num_classes)
+
+    def forward(self, tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """tokens (T,), offsets (B,), lengths (B,) -> logits (B, num_classes)"""
+        ids = pad_batch(tokens, lengths)  # (B, L)
+        steps = lengths.clamp(min=1)
+        embedded = self.dropout(self.embedding(ids))  # (B, L, E)
+        packed = pack_padded_sequence(embedded, steps.cpu(), batch_first=True, enforce_sorted=False)
+        output, _ = self.lstm(packed)
+        hidden, _ = pad_packed_sequence(output, batch_first=True, padding_value=float("-inf"))
+        pooled = hidden.max(dim=1).values  # (B, H): padded steps are -inf, so never chosen
+        return self.classifier(self.dropout(pooled))

@@ -1,0 +1,52 @@
+"""Transformer encoder (pre-norm) over word + learned position embeddings, mean-pooled."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from textclf.config import Fraction, PositiveInt
+from textclf.data.encoded import PAD_ID
+from textclf.errors import TextclfError
+from textclf.models.sequence import pad_batch
+
+
+class TransformerClassifier(nn.Module):
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        embed_dim: PositiveInt,
+        num_heads: PositiveInt,
+        num_layers: PositiveInt,
+        ff_dim: PositiveInt,
+        dropout: Fraction,
+        max_len: PositiveInt,
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise TextclfError(
+                f"model.embed_dim ({embed_dim}) must be divisible by model.num_heads ({num_heads})"
+            )
+        self.max_len = max_len  # positions available, and tokens kept per document
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        self.position = nn.Embedding(max_len, embed_dim)
+        layer = nn.TransformerEncoderLayer(
+            embed_dim, num_heads, ff_dim, dropout=dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(embed_dim, num_classes)
+
+    def forward(self, tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """tokens (T,), offsets (B,), lengths (B,) -> logits (B, num_classes)"""
+        ids = pad_batch(tokens, lengths)[:, : self.max_len]  # (B, L)
+        positions = torch.arange(ids.size(1), device=ids.device)
+        hidden = self.dropout(self.embedding(ids) + self.position(positions))  # (B, L, E)
+        padding = ids.eq(PAD_ID)  # (B, L) True at padding
+        padding[:, 0] = False  # an empty document still attends to its first (pad) position
+        hidden = self.norm(self.encoder(hidden, src_key_padding_mask=padding))
+        keep = (~padding).unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+        pooled = (hidden * keep).sum(1) / keep.sum(1)  # (B, E) mean over real positions
+        return self.classifier(self.dropout(pooled))

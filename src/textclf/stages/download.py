@@ -1,0 +1,32 @@
+"""Stage 1: fetch the corpus archive from data.url (then data.mirrors), verify data.sha256."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from textclf.config import DataConfig, load_params
+from textclf.data.download import download as fetch_first
+from textclf.stages.cli import run_stage
+
+
+def download(cfg: DataConfig, raw_dir: Path, progress: bool = True) -> Path:
+    """Writes ``raw_dir/<data.archive_name>``; returns its path. Nothing is left on failure."""
+    return fetch_first([cfg.url, *cfg.mirrors], raw_dir / cfg.archive_name, cfg.sha256, progress)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", type=Path)
+    args = parser.parse_args(argv)
+
+    def stage() -> None:
+        cfg = load_params(args.params)
+        path = download(cfg.data, cfg.paths.raw)
+        print(f"download: {path} (sha256 {cfg.data.sha256})")
+
+    run_stage("download", stage)
+
+
+if __name__ == "__main__":
+    main()

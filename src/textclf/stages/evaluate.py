@@ -1,0 +1,185 @@
+"""Stage 4: score the best checkpoint on the test split; the only stage that reads test labels.
+
+Writes ``<paths.reports>/``: metrics.json (DVC metrics), per_class.json, confusion.csv
+(DVC confusion plot) and confusion.png; adds the test metrics and reports to the MLflow run
+that trained the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from textclf.atomic import staged_file, write_json, write_text
+from textclf.config import Config, load_params
+from textclf.data.datamodule import TextDataModule
+from textclf.errors import TextclfError
+from textclf.models.classifier import TextClassifier
+from textclf.stages.cli import run_stage
+from textclf.stages.train import CHECKPOINT_NAME
+from textclf.tracking import ensure_experiment, read_run_reference, tracking_uri
+
+METRICS_FILE, PER_CLASS_FILE = "metrics.json", "per_class.json"
+CONFUSION_CSV, CONFUSION_PNG = "confusion.csv", "confusion.png"
+
+
+def test_metrics(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+            "precision_macro": MulticlassPrecision(num_classes, average="macro"),
+            "recall_macro": MulticlassRecall(num_classes, average="macro"),
+            "precision": MulticlassPrecision(num_classes, average=None),
+            "recall": MulticlassRecall(num_classes, average=None),
+            "f1": MulticlassF1Score(num_classes, average=None),
+            "confusion": MulticlassConfusionMatrix(num_classes),
+        }
+    )
+
+
+@torch.inference_mode()
+def predict(module: TextClassifier, datamodule: TextDataModule) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> logits (N, C), labels (N,) for the whole test split."""
+    module.eval()
+    datamodule.setup("test")
+    logits, labels = [], []
+    for batch in datamodule.test_dataloader():
+        logits.append(module(batch["tokens"], batch["offsets"], batch["lengths"]).float())
+        labels.append(batch["labels"])
+    return torch.cat(logits), torch.cat(labels)
+
+
+def confusion_png(confusion: torch.Tensor, names: list[str]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(6.0, 0.45 * len(names))
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    ax.imshow(confusion.numpy(), cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    counts = confusion.tolist()
+    dark = confusion.max().item() / 2  # counts above this are drawn in white on dark cells
+    for row, row_counts in enumerate(counts):
+        for col, count in enumerate(row_counts):
+            if count:
+                color = "white" if count > dark else "black"
+                ax.text(col, row, str(count), ha="center", va="center", fontsize=6, color=color)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def evaluate(cfg: Config, processed: Path, models_dir: Path, reports_dir: Path) -> dict[str, float]:
+    """Scores the test split once; returns the metrics written to metrics.json."""
+    checkpoint = models_dir / f"{CHECKPOINT_NAME}.ckpt"
+    if not checkpoint.is_file():
+        raise TextclfError(f"{checkpoint}: checkpoint not found (run `dvc repro train`)")
+    module = TextClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    datamodule = TextDataModule(
+        processed,
+        batch_size=cfg.train.eval_batch_size,
+        eval_batch_size=cfg.train.eval_batch_size,
+        max_len=module.hparams.model.get("max_len"),
+    )
+    names = datamodule.labels
+    logits, labels = predict(module, datamodule)
+    scores = test_metrics(len(names))(logits, labels)
+    metrics = {
+        key: round(float(scores[key]), 6)
+        for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro")
+    }
+    metrics["loss"] = round(float(F.cross_entropy(logits, labels)), 6)
+    metrics["num_test"] = int(labels.numel())
+    support = torch.bincount(labels, minlength=len(names))
+    per_class = {
+        name: {
+            "precision": round(float(scores["precision"][i]), 6),
+            "recall": round(float(scores["recall"][i]), 6),
+            "f1": round(float(scores["f1"][i]), 6),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(names)
+    }
+    predicted = logits.argmax(dim=1)
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["actual", "predicted"])
+    writer.writerows((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist()))
+    png = confusion_png(scores["confusion"].cpu(), names)
+
+    # Everything is computed before the first write, and each file is renamed into place.
+    write_json(reports_dir / PER_CLASS_FILE, per_class)
+    write_text(reports_dir / CONFUSION_CSV, rows.getvalue())
+    with staged_file(reports_dir / CONFUSION_PNG) as handle:
+        handle.write(png)
+    write_json(reports_dir / METRICS_FILE, metrics)
+    log_to_run(cfg, models_dir, metrics, reports_dir)
+    return metrics
+
+
+def log_to_run(cfg: Config, models_dir: Path, metrics: dict[str, float], reports_dir: Path) -> None:
+    """Adds test metrics and reports to the run that trained the checkpoint."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    reference = read_run_reference(models_dir)
+    client = MlflowClient(tracking_uri=tracking_uri(cfg.tracking))
+    run_id = reference["run_id"]
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        # The checkpoint came from another store (e.g. restored from a DVC cache elsewhere):
+        # record the evaluation in a run of its own rather than failing.
+        experiment_id = ensure_experiment(tracking_uri(cfg.tracking), cfg.tracking.experiment_name)
+        run_id = client.create_run(experiment_id, tags={"trained_in_run": run_id}).info.run_id
+    timestamp = int(1000 * time.time())
+    client.log_batch(
+        run_id,
+        metrics=[Metric(f"test/{key}", float(value), timestamp, 0) for key, value in metrics.items()],
+    )
+    for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG):
+        client.log_artifact(run_id, str(reports_dir / name), artifact_path="evaluation")
+    status = client.get_run(run_id).info.status
+    if status == "RUNNING":
+        client.set_terminated(run_id)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", type=Path)
+    args = parser.parse_args(argv)
+
+    def stage() -> None:
+        cfg = load_params(args.params)
+        metrics = evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+        print(f"evaluate: {json.dumps(metrics)}")
+
+    run_stage("evaluate", stage)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Stage 2: archive -> pre-encoded train/val/test tensors, vocabulary, labels and a manifest.
+
+The vocabulary is built from the training documents that remain after the validation
+hold-out; the test split is encoded with it and its labels are only read by evaluate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from textclf.atomic import staged_dir, write_json
+from textclf.config import DataConfig, load_params
+from textclf.data.archive import read_messages
+from textclf.data.encoded import (
+    LABELS_FILE,
+    MANIFEST_FILE,
+    VOCAB_FILE,
+    EncodedSplit,
+    build_vocabulary,
+    encode,
+    stratified_holdout,
+)
+from textclf.data.text import Tokenizer, clean, decode
+from textclf.errors import TextclfError
+from textclf.stages.cli import run_stage
+
+FORMAT_VERSION = 1  # bump when the processed layout or tokenization changes
+# The data.* keys that shape the processed output (dvc.yaml declares the same list).
+PREPROCESS_PARAMS = {
+    "archive_name", "train_dir", "test_dir", "remove", "lowercase", "token_pattern",
+    "min_freq", "max_vocab", "val_fraction", "split_seed",
+}
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def preprocess(cfg: DataConfig, archive: Path, out_dir: Path) -> dict:
+    """Writes ``out_dir`` (atomically) and returns its manifest."""
+    started = time.perf_counter()
+    tokenizer = Tokenizer(cfg.token_pattern, cfg.lowercase)
+    messages = read_messages(archive, splits=(cfg.train_dir, cfg.test_dir))
+    groups = sorted({m.group for m in messages if m.split == cfg.train_dir})
+    label_of = {group: i for i, group in enumerate(groups)}
+    unknown = sorted({m.group for m in messages if m.split == cfg.test_dir} - set(groups))
+    if unknown:
+        raise TextclfError(f"{archive}: test groups missing from the training split: {unknown}")
+
+    def tokenize(split: str) -> tuple[list[list[str]], list[int]]:
+        chosen = [m for m in messages if m.split == split]
+        tokens = [tokenizer(clean(decode(m.raw), cfg.remove)) for m in chosen]
+        return tokens, [label_of[m.group] for m in chosen]
+
+    train_tokens, train_labels = tokenize(cfg.train_dir)
+    test_tokens, test_labels = tokenize(cfg.test_dir)
+    kept, held = stratified_holdout(train_labels, cfg.val_fraction, cfg.split_seed)
+    vocabulary = build_vocabulary((train_tokens[i] for i in kept), cfg.min_freq, cfg.max_vocab)
+
+    splits = {
+        "train": EncodedSplit.from_token_ids(
+            encode((train_tokens[i] for i in kept), vocabulary), [train_labels[i] for i in kept]
+        ),
+        "val": EncodedSplit.from_token_ids(
+            encode((train_tokens[i] for i in held), vocabulary), [train_labels[i] for i in held]
+        ),
+        "test": EncodedSplit.from_token_ids(encode(test_tokens, vocabulary), test_labels),
+    }
+    with staged_dir(out_dir) as staging:
+        for name, split in splits.items():
+            split.save(staging / f"{name}.pt")
+        (staging / VOCAB_FILE).write_text("".join(f"{w}\n" for w in vocabulary), encoding="utf-8")
+        (staging / LABELS_FILE).write_text(json.dumps(groups, indent=2) + "\n", encoding="utf-8")
+        files = {
+            path.name: _file_sha256(path) for path in sorted(staging.iterdir()) if path.is_file()
+        }
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "archive_sha256": _file_sha256(archive),
+            "data_hash": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
+            "num_classes": len(groups),
+            "vocab_size": len(vocabulary),
+            "counts": {name: len(split) for name, split in splits.items()},
+            "tokens": {name: int(split.tokens.numel()) for name, split in splits.items()},
+            "files": files,
+            "params": cfg.model_dump(include=PREPROCESS_PARAMS),
+        }
+        write_json(staging / MANIFEST_FILE, manifest)
+    print(f"preprocess: {len(messages)} messages in {time.perf_counter() - started:.1f}s")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml", type=Path)
+    args = parser.parse_args(argv)
+
+    def stage() -> None:
+        cfg = load_params(args.params)
+        archive = cfg.paths.raw / cfg.data.archive_name
+        manifest = preprocess(cfg.data, archive, cfg.paths.processed)
+        print(f"preprocess: {json.dumps(manifest['counts'])}, vocabulary {manifest['vocab_size']}")
+
+    run_stage("preprocess", stage)
+
+
+if __name__ == "__main__":
+    main()
