@@ -96,6 +96,7 @@ class PathsConfig(_Section):
     processed: Path
     models: Path
     reports: Path
+    cache: Path
 
 
 class Config(_Section):

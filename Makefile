@@ -1,0 +1,42 @@
+# Two entry points that set everything up themselves (idempotent):
+#   make repro   -> .venv with pinned dependencies, then `dvc repro`
+#   make test    -> .venv with pinned dependencies, then pytest
+# torch is installed first, on its own, so pip never swaps in a multi-GB CUDA build:
+#   make test TORCH="torch==2.13.0"   (the default; any build that fits pyproject's range works)
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+BIN     := $(abspath $(VENV))/bin
+STAMP   := $(VENV)/.installed
+# Stage commands in dvc.yaml call `python -m textclf...`: make that the venv's python.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup repro test test-fast params clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable ".[dev]"
+	touch $@
+
+repro: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Rewrites params.yaml from conf/ (what `dvc exp run` does before every experiment).
+params: setup
+	$(BIN)/python -m textclf.params params.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache

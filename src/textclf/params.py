@@ -1,0 +1,42 @@
+"""Composing conf/ into params.yaml, exactly as `dvc exp run` does (DVC's own Hydra helper).
+
+    python -m textclf.params params.yaml [override ...]
+
+The committed params.yaml is this composition with no overrides (tests keep them equal).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_NAME = "config"
+
+
+def conf_dir(root: str | Path | None = None) -> Path:
+    """conf/ of the repository at ``root`` (default: the current directory)."""
+    return (Path(root) if root is not None else Path.cwd()).resolve() / "conf"
+
+
+def compose(overrides: list[str] | None = None, root: str | Path | None = None) -> DictConfig:
+    """The resolved config for ``overrides`` (Hydra override syntax: model=lstm, a.b=1)."""
+    with initialize_config_dir(str(conf_dir(root)), version_base=None):
+        cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides or []))
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def write_params(path: str | Path, overrides: list[str] | None = None, root: str | Path | None = None) -> None:
+    from dvc.utils.hydra import compose_and_dump
+
+    compose_and_dump(str(path), str(conf_dir(root)), None, CONFIG_NAME, "", list(overrides or []))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    write_params(sys.argv[1], sys.argv[2:])

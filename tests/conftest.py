@@ -1,0 +1,114 @@
+"""Shared fixtures: a tiny corpus archive built here, the real config shrunk to fit it.
+
+Nothing here touches the network or the real 20 Newsgroups corpus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from textclf.config import Config, validate
+from textclf.params import compose
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Three made-up newsgroups, each with words of its own plus words every group uses.
+GROUP_WORDS = {
+    "rec.boats": "sail hull mast anchor keel harbor rudder deck tide knot".split(),
+    "sci.orbits": "orbit rocket apogee thrust launch satellite payload booster lunar comet".split(),
+    "talk.bread": "yeast flour oven dough crust knead rye loaf starter bake".split(),
+}
+COMMON_WORDS = "the and this that with from have about would there think people".split()
+
+
+def message(group: str, index: int, rng: random.Random) -> bytes:
+    """A Usenet-like message: header block, body, a quoted reply and a signature."""
+    own = GROUP_WORDS[group]
+    body = " ".join(rng.choice(own if rng.random() < 0.5 else COMMON_WORDS) for _ in range(30))
+    text = (
+        f"From: user{index}@example.org\nSubject: note {index} on {group}\nLines: 4\n\n"
+        f"In article <{index}@example.org> someone writes:\n> {rng.choice(COMMON_WORDS)} quoted\n"
+        f"{body}\ncaf\xe9 na\xefve\n--\nuser{index} signature\n"
+    )
+    return text.encode("latin-1")
+
+
+def build_archive(path: Path, train_per_group: int = 16, test_per_group: int = 6, seed: int = 0) -> str:
+    """Writes a gzip'd tar in the 20news-bydate layout; returns its SHA-256."""
+    rng = random.Random(seed)
+    with tarfile.open(path, "w:gz") as tar:
+        for split, count in (("20news-bydate-train", train_per_group), ("20news-bydate-test", test_per_group)):
+            for group in GROUP_WORDS:
+                for index in range(count):
+                    payload = message(group, index, rng)
+                    info = tarfile.TarInfo(f"{split}/{group}/{1000 + index}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(path, sha256) of a 3-group archive: 48 training and 18 test messages."""
+    path = tmp_path_factory.mktemp("archive") / "20news-bydate.tar.gz"
+    return path, build_archive(path)
+
+
+def shrink_overrides(archive: Path, sha256: str) -> list[str]:
+    """Overrides that make the real config fit the tiny archive and train in seconds."""
+    return [
+        f"data.url={archive}",
+        f"data.sha256={sha256}",
+        "data.mirrors=[]",
+        "data.min_freq=1",
+        "data.val_fraction=0.25",
+        "model.embed_dim=8",
+        "model.ngram_buckets=64",
+        "optimizer.lr=0.05",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        "train.batch_size=8",
+        "train.eval_batch_size=16",
+    ]
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path, tiny_archive: tuple[Path, str]):
+    """Builds a validated Config: the real conf/ composed with shrink overrides and
+    ``extra`` overrides, every path inside tmp_path."""
+
+    def build(*extra: str) -> Config:
+        archive, sha256 = tiny_archive
+        paths = [
+            f"paths.{name}={tmp_path / name}" for name in ("raw", "processed", "models", "reports", "cache")
+        ]
+        cfg = compose([*shrink_overrides(archive, sha256), *paths, *extra], root=REPO_ROOT)
+        return validate(cfg)
+
+    return build
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for subprocesses: this interpreter's bin first (stage commands call
+    `python`), no progress bars, no telemetry."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
