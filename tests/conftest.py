@@ -62,16 +62,24 @@ def tiny_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return path, build_archive(path)
 
 
-def shrink_overrides(archive: Path, sha256: str) -> list[str]:
+# Per model: small enough to train on the tiny corpus in a second or two.
+TINY_MODELS = {
+    "fasttext": ["model.embed_dim=8", "model.ngram_buckets=64"],
+    "lstm": ["model.embed_dim=8", "model.hidden_dim=8", "model.max_len=32"],
+    "transformer": ["model.embed_dim=8", "model.num_heads=2", "model.ff_dim=16", "model.num_layers=1", "model.max_len=32"],
+}
+
+
+def shrink_overrides(archive: Path, sha256: str, model: str = "fasttext") -> list[str]:
     """Overrides that make the real config fit the tiny archive and train in seconds."""
     return [
+        f"model={model}",
+        *TINY_MODELS[model],
         f"data.url={archive}",
         f"data.sha256={sha256}",
         "data.mirrors=[]",
         "data.min_freq=1",
         "data.val_fraction=0.25",
-        "model.embed_dim=8",
-        "model.ngram_buckets=64",
         "optimizer.lr=0.05",
         "trainer.max_epochs=2",
         "trainer.enable_progress_bar=false",
@@ -92,12 +100,12 @@ def tiny_config(tmp_path: Path, tiny_archive: tuple[Path, str]):
     """Builds a validated Config: the real conf/ composed with shrink overrides and
     ``extra`` overrides, every path inside tmp_path."""
 
-    def build(*extra: str) -> Config:
+    def build(*extra: str, model: str = "fasttext") -> Config:
         archive, sha256 = tiny_archive
         paths = [
             f"paths.{name}={tmp_path / name}" for name in ("raw", "processed", "models", "reports", "cache")
         ]
-        cfg = compose([*shrink_overrides(archive, sha256), *paths, *extra], root=REPO_ROOT)
+        cfg = compose([*shrink_overrides(archive, sha256, model), *paths, *extra], root=REPO_ROOT)
         return validate(cfg)
 
     return build

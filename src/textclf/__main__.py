@@ -15,7 +15,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from textclf.config import validate
 from textclf.errors import TextclfError
@@ -27,10 +27,12 @@ def run(cfg: DictConfig) -> float:
     from textclf.pipeline import run_pipeline
 
     hydra_cfg = HydraConfig.get()
-    if cfg.tracking.run_name is None and hydra_cfg.mode.name == "MULTIRUN":
-        OmegaConf.update(cfg, "tracking.run_name", hydra_cfg.job.override_dirname or None, force_add=True)
     config = validate(cfg, source="config")
-    summary = run_pipeline(config, Path(hydra_cfg.runtime.output_dir))
+    # Tags that tie the MLflow run to its Hydra job (the overrides tell sweep jobs apart).
+    tags = {"hydra.overrides": hydra_cfg.job.override_dirname, "hydra.output_dir": hydra_cfg.runtime.output_dir}
+    if hydra_cfg.mode.name == "MULTIRUN":
+        tags["hydra.job.num"] = str(hydra_cfg.job.num)
+    summary = run_pipeline(config, Path(hydra_cfg.runtime.output_dir), tags=tags)
     if summary:
         print(f"textclf: {summary}")
     return float(summary.get("best_val_f1_macro", 0.0))

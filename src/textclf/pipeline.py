@@ -54,11 +54,13 @@ def prepare_data(cfg: Config, progress: bool = True) -> Path:
     return processed
 
 
-def run_pipeline(cfg: Config, job_dir: Path) -> dict[str, Any]:
-    """download -> preprocess (cached) -> train -> evaluate; outputs under ``job_dir``."""
+def run_pipeline(cfg: Config, job_dir: Path, tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """download -> preprocess (cached) -> train -> evaluate; outputs under ``job_dir``.
+
+    ``tags`` are added to the job's MLflow run."""
     processed = prepare_data(cfg)
     models_dir, reports_dir = job_dir / "models", job_dir / "reports"
-    summary = train(cfg, processed, models_dir, reports_dir)
+    summary = train(cfg, processed, models_dir, reports_dir, tags=tags)
     if not summary:  # a non-zero DDP rank: rank 0 evaluates
         return {}
     metrics = evaluate(cfg, processed, models_dir, reports_dir)

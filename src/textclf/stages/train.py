@@ -71,8 +71,12 @@ def _staging_dir(models_dir: Path) -> Path:
     return models_dir.with_name(f"{models_dir.name}.partial")
 
 
-def train(cfg: Config, processed: Path, models_dir: Path, reports_dir: Path) -> dict[str, Any]:
-    """Trains, then moves the finished outputs into place; returns a summary of the run."""
+def train(
+    cfg: Config, processed: Path, models_dir: Path, reports_dir: Path, tags: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Trains, then moves the finished outputs into place; returns a summary of the run.
+
+    ``tags`` are added to the MLflow run next to the git commit, data hash and model name."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
@@ -108,6 +112,7 @@ def train(cfg: Config, processed: Path, models_dir: Path, reports_dir: Path) -> 
             "mlflow.source.git.commit": git_commit(project_root()) or "unknown",
             "data_hash": manifest["data_hash"],
             "model": resolved["model"]["_target_"].rsplit(".", 1)[-1],
+            **(tags or {}),
         },
         synchronous=False,  # per-step losses are queued and written in batches
     )

@@ -1,0 +1,124 @@
+"""conf/ composes, params.yaml is its composition, and bad values are rejected by name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from textclf.config import load_params, validate
+from textclf.errors import TextclfError
+from textclf.params import compose, write_params
+from textclf.stages.preprocess import PREPROCESS_PARAMS
+
+from conftest import REPO_ROOT, subprocess_env
+
+GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "tracking")
+
+
+def group_options() -> list[str]:
+    return [
+        f"{group}={path.stem}"
+        for group in GROUPS
+        for path in sorted((REPO_ROOT / "conf" / group).glob("*.yaml"))
+    ]
+
+
+@pytest.mark.parametrize("override", group_options())
+def test_every_config_option_composes_and_validates(override: str) -> None:
+    cfg = validate(compose([override], root=REPO_ROOT))
+    assert cfg.seed == 0
+
+
+def test_committed_params_yaml_is_the_composition_of_conf(tmp_path: Path) -> None:
+    composed = tmp_path / "params.yaml"
+    write_params(composed, root=REPO_ROOT)
+    committed = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    assert committed == yaml.safe_load(composed.read_text()), "run `make params` to refresh params.yaml"
+    load_params(REPO_ROOT / "params.yaml")  # and it validates
+
+
+def test_dvc_yaml_preprocess_params_match_what_preprocess_reads() -> None:
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    declared = {key.removeprefix("data.") for key in stages["preprocess"]["params"]}
+    assert declared == PREPROCESS_PARAMS
+
+
+def test_dvc_config_enables_hydra_composition_of_conf() -> None:
+    text = (REPO_ROOT / ".dvc" / "config").read_text()
+    assert "[hydra]" in text and "enabled = true" in text and "config_dir = conf" in text
+
+
+def test_seed_zero_is_a_seed() -> None:
+    assert validate(compose(["seed=0"], root=REPO_ROOT)).seed == 0
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("optimizer.lr=-1", "optimizer.lr"),
+        ("optimizer.lr=fast", "optimizer.lr"),
+        ("trainer.max_epochs=0", "trainer.max_epochs"),
+        ("seed=-3", "seed"),
+        ("data.sha256=abc", "data.sha256"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("data.remove=[signatures]", "data.remove"),
+        ("model.embed_dim=-8", "model.embed_dim"),
+        ("model.embed_dim=wide", "model.embed_dim"),
+        ("model.dropout=2", "model.dropout"),
+        ("+model.colour=blue", "model.colour"),
+        ("+train.epochs=3", "train.epochs"),
+        ("model._target_=textclf.models.nope.Nope", "model._target_"),
+        ("scheduler.warmup_fraction=2", "scheduler.warmup_fraction"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_key(override: str, named: str) -> None:
+    extra = ["scheduler=cosine"] if override.startswith("scheduler.") else []
+    with pytest.raises(TextclfError) as error:
+        validate(compose([*extra, override], root=REPO_ROOT))
+    message = str(error.value)
+    assert named in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("override", ["model=nope", "optimizer.learning_rate=1", "trainer=tpu"])
+def test_unknown_groups_and_keys_fail_at_composition(override: str) -> None:
+    with pytest.raises((HydraException, OmegaConfBaseException)) as error:
+        compose([override], root=REPO_ROOT)
+    assert override.split("=")[0].split(".")[-1] in str(error.value)
+
+
+def test_stage_cli_reports_a_bad_value_in_one_line_and_exits_nonzero(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    write_params(params, ["optimizer.lr=-1"], root=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "textclf.stages.train", "--params", str(params)],
+        cwd=tmp_path, capture_output=True, text=True, env=subprocess_env(),
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: [train]") and "optimizer.lr" in lines[0]
+    assert not (tmp_path / "models").exists()
+
+
+def test_stage_cli_reports_missing_processed_data(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    write_params(params, [f"paths.processed={tmp_path / 'nothing'}", f"paths.models={tmp_path / 'models'}"], root=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "textclf.stages.train", "--params", str(params)],
+        cwd=tmp_path, capture_output=True, text=True, env=subprocess_env(),
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: [train]")
+    assert "processed data not found" in result.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "models.partial").exists()
+
+
+def test_missing_params_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(TextclfError, match="nowhere.yaml"):
+        load_params(tmp_path / "nowhere.yaml")

@@ -1,0 +1,86 @@
+"""Backbones, batching and schedules on hand-made tensors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from textclf.data.datamodule import BatchedSplit
+from textclf.data.encoded import PAD_ID, EncodedSplit
+from textclf.models.fasttext import BIGRAM_HASH_PRIME, bigram_ids
+from textclf.models.schedules import constant, cosine, linear_warmup
+from textclf.models.sequence import pad_batch
+from textclf.params import compose
+
+from conftest import REPO_ROOT
+
+# Four documents, one of them empty: ids start at 2 (0 = pad, 1 = unk).
+DOCUMENTS = [[2, 3, 4], [5], [], [6, 7, 8, 9]]
+LABELS = [0, 1, 2, 1]
+VOCAB = 10
+
+
+def batch(max_len: int | None = None) -> dict[str, torch.Tensor]:
+    split = EncodedSplit.from_token_ids(DOCUMENTS, LABELS)
+    return BatchedSplit(split, max_len)[[0, 1, 2, 3]]
+
+
+def test_batches_are_sliced_from_the_flat_tensors() -> None:
+    b = batch()
+    assert b["tokens"].tolist() == [2, 3, 4, 5, 6, 7, 8, 9]
+    assert b["offsets"].tolist() == [0, 3, 4, 4]
+    assert b["lengths"].tolist() == [3, 1, 0, 4]
+    assert b["labels"].tolist() == LABELS
+
+
+def test_max_len_keeps_the_first_tokens_of_each_document() -> None:
+    b = batch(max_len=2)
+    assert b["tokens"].tolist() == [2, 3, 5, 6, 7]
+    assert b["lengths"].tolist() == [2, 1, 0, 2]
+
+
+def test_bigrams_never_cross_document_boundaries() -> None:
+    b = batch()
+    ids, offsets, lengths = bigram_ids(b["tokens"], b["offsets"], b["lengths"], VOCAB, buckets=1000)
+    pairs = [(2, 3), (3, 4), (6, 7), (7, 8), (8, 9)]
+    expected = [(a * BIGRAM_HASH_PRIME + c) % 1000 + VOCAB for a, c in pairs]
+    assert ids.tolist() == expected
+    assert lengths.tolist() == [2, 0, 0, 3]
+    assert offsets.tolist() == [0, 2, 2, 2]
+
+
+def test_pad_batch_pads_with_pad_id() -> None:
+    b = batch()
+    padded = pad_batch(b["tokens"], b["lengths"])
+    assert padded.tolist() == [[2, 3, 4, 0], [5, 0, 0, 0], [0, 0, 0, 0], [6, 7, 8, 9]]
+    assert PAD_ID == 0
+
+
+@pytest.mark.parametrize("model", ["fasttext", "lstm", "transformer"])
+def test_every_backbone_maps_a_batch_to_finite_logits(model: str) -> None:
+    cfg = compose([f"model={model}"], root=REPO_ROOT)
+    backbone = instantiate(cfg.model, vocab_size=VOCAB, num_classes=3)
+    b = batch(max_len=cfg.model.max_len)
+    logits = backbone(b["tokens"], b["offsets"], b["lengths"])
+    assert logits.shape == (4, 3)
+    assert torch.isfinite(logits).all()
+    logits.sum().backward()  # gradients flow, also through the empty document
+
+
+def test_schedules_follow_their_shapes() -> None:
+    def lrs(factory, **kwargs) -> list[float]:
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = factory(optimizer, total_steps=10, **kwargs)
+        values = []
+        for _ in range(10):
+            values.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return values
+
+    assert lrs(constant) == [1.0] * 10
+    warm = lrs(linear_warmup, warmup_fraction=0.2)
+    assert warm[0] < warm[1] == pytest.approx(1.0) and warm[-1] < 0.2
+    cos = lrs(cosine, warmup_fraction=0.0, min_lr_ratio=0.1)
+    assert cos[0] == pytest.approx(1.0) and all(a >= b for a, b in zip(cos, cos[1:])) and cos[-1] >= 0.1

@@ -1,0 +1,105 @@
+"""The train and evaluate functions on the tiny corpus, with a throwaway MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from textclf.errors import TextclfError
+from textclf.stages.download import download
+from textclf.stages.evaluate import evaluate
+from textclf.stages.preprocess import preprocess
+from textclf.stages.train import train
+
+METRIC_KEYS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss")
+
+
+@pytest.fixture
+def prepared(tiny_config):
+    """A config whose processed data exists (download + preprocess into tmp_path)."""
+
+    def build(*overrides: str, model: str = "fasttext"):
+        cfg = tiny_config(*overrides, model=model)
+        download(cfg.data, cfg.paths.raw, progress=False)
+        preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+        return cfg
+
+    return build
+
+
+def test_train_then_evaluate_fills_one_mlflow_run(prepared, mlflow_uri: str) -> None:
+    cfg = prepared("trainer.max_epochs=3")
+    summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+    models = cfg.paths.models
+    assert sorted(p.name for p in models.iterdir()) == ["config.yaml", "mlflow_run.json", "model.ckpt", "vocab.txt"]
+    assert not models.with_name("models.partial").exists()
+    curves = (cfg.paths.reports / "training_curves.csv").read_text().splitlines()
+    assert curves[0].startswith("epoch,step,train_loss,val_loss") and len(curves) == 1 + 3
+
+    metrics = evaluate(cfg, cfg.paths.processed, models, cfg.paths.reports)
+    written = json.loads((cfg.paths.reports / "metrics.json").read_text())
+    assert written == metrics
+    for key in METRIC_KEYS[:-1]:
+        assert 0.0 <= written[key] <= 1.0
+    assert written["loss"] >= 0.0
+    assert written["accuracy"] > 0.6  # three easily separated groups
+    per_class = json.loads((cfg.paths.reports / "per_class.json").read_text())
+    assert set(per_class) == {"rec.boats", "sci.orbits", "talk.bread"}
+    assert sum(row["support"] for row in per_class.values()) == 18
+    assert (cfg.paths.reports / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((cfg.paths.reports / "confusion.csv").read_text().splitlines()) == 1 + 18
+
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_id == summary["run_id"]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model._target_"] == "textclf.models.fasttext.FastText"
+    assert run.data.params["optimizer.lr"] == "0.05"
+    assert run.data.params["trainer.max_epochs"] == "3"
+    assert len(run.data.tags["data_hash"]) == 64
+    assert "mlflow.source.git.commit" in run.data.tags
+    steps = client.get_metric_history(run.info.run_id, "train/loss_step")
+    assert len(steps) == 3 * 5  # 36 training docs / batch 8 = 5 steps per epoch, each logged
+    assert len(client.get_metric_history(run.info.run_id, "val/f1_macro")) == 3
+    assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 3
+    assert run.data.metrics["test/accuracy"] == pytest.approx(metrics["accuracy"])
+    artifacts = {a.path for folder in ("model", "evaluation") for a in client.list_artifacts(run.info.run_id, folder)}
+    assert artifacts == {
+        "model/model.ckpt", "model/config.yaml", "model/vocab.txt",
+        "evaluation/metrics.json", "evaluation/per_class.json", "evaluation/confusion.png",
+    }
+
+
+@pytest.mark.parametrize("model", ["lstm", "transformer"])
+def test_sequence_models_train_and_evaluate(prepared, mlflow_uri: str, model: str) -> None:
+    cfg = prepared(model=model)
+    train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+    metrics = evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_the_same_seed_trains_the_same_model(prepared, mlflow_uri: str) -> None:
+    cfg = prepared("seed=0")
+    first = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+    again = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+    assert first["best_val_f1_macro"] == again["best_val_f1_macro"]
+    assert first["run_id"] != again["run_id"]  # one MLflow run per training
+
+
+def test_evaluate_without_a_checkpoint_names_it(prepared, mlflow_uri: str) -> None:
+    cfg = prepared()
+    with pytest.raises(TextclfError, match="model.ckpt"):
+        evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+    assert not cfg.paths.reports.exists()
+
+
+def test_train_without_processed_data_names_it(tiny_config, mlflow_uri: str, tmp_path: Path) -> None:
+    cfg = tiny_config()
+    with pytest.raises(TextclfError, match="processed data not found"):
+        train(cfg, tmp_path / "missing", cfg.paths.models, cfg.paths.reports)
+    assert not cfg.paths.models.exists()
