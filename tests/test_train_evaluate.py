@@ -103,3 +103,20 @@ def test_train_without_processed_data_names_it(tiny_config, mlflow_uri: str, tmp
     with pytest.raises(TextclfError, match="processed data not found"):
         train(cfg, tmp_path / "missing", cfg.paths.models, cfg.paths.reports)
     assert not cfg.paths.models.exists()
+
+
+def test_the_comparison_notebook_runs_against_a_store(prepared, mlflow_uri: str, monkeypatch) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    cfg = prepared()
+    train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+    evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "compare_runs.ipynb").read_text())
+    namespace: dict = {}
+    monkeypatch.chdir(cfg.paths.models.parent)
+    for cell in notebook["cells"]:
+        if cell["cell_type"] == "code":
+            exec("".join(cell["source"]), namespace)  # noqa: S102 - our own notebook
+    assert len(namespace["table"]) == 1
+    assert namespace["table"]["tags.model"].tolist() == ["FastText"]
