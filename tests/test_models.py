@@ -84,3 +84,30 @@ def test_schedules_follow_their_shapes() -> None:
     assert warm[0] < warm[1] == pytest.approx(1.0) and warm[-1] < 0.2
     cos = lrs(cosine, warmup_fraction=0.0, min_lr_ratio=0.1)
     assert cos[0] == pytest.approx(1.0) and all(a >= b for a, b in zip(cos, cos[1:])) and cos[-1] >= 0.1
+
+
+def test_sparse_tables_are_stepped_by_sparse_adam_with_the_scheduled_lr() -> None:
+    from torch import nn
+
+    from textclf.models.optim import DenseSparseOptimizer, build_optimizer
+
+    model = nn.Sequential(nn.EmbeddingBag(20, 4, mode="sum", sparse=True), nn.Linear(4, 2))
+    optimizer = build_optimizer(lambda params: torch.optim.Adam(params, lr=0.1), model)
+    assert isinstance(optimizer, DenseSparseOptimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    table_before = model[0].weight.detach().clone()
+    linear_before = model[1].weight.detach().clone()
+
+    loss = model[1](model[0](torch.tensor([1, 2, 3]), torch.tensor([0]))).sum()
+    loss.backward()
+    assert model[0].weight.grad.is_sparse
+    optimizer.step()
+    scheduler.step()
+    changed_rows = (model[0].weight != table_before).any(dim=1).nonzero().flatten().tolist()
+    assert changed_rows == [1, 2, 3]  # only the rows the batch used
+    assert not torch.equal(model[1].weight, linear_before)
+    assert optimizer.dense.param_groups[0]["lr"] == optimizer.sparse.param_groups[0]["lr"] == 0.05
+
+    restored = build_optimizer(lambda params: torch.optim.Adam(params, lr=0.1), model)
+    restored.load_state_dict(optimizer.state_dict())
+    assert restored.sparse.state_dict()["state"][0]["step"] == 1

@@ -9,6 +9,8 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MetricCollection
+
+from textclf.models.optim import build_optimizer
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 
@@ -67,7 +69,7 @@ class TextClassifier(pl.LightningModule):
         self.log_dict(self.val_metrics, on_epoch=True, batch_size=size)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        optimizer = build_optimizer(instantiate(self.hparams.optimizer), self)
         scheduler = instantiate(self.hparams.scheduler)(
             optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
         )

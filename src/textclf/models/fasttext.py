@@ -48,13 +48,15 @@ class FastText(nn.Module):
         embed_dim: PositiveInt,
         ngram_buckets: NonNegativeInt,
         dropout: Fraction,
+        sparse: bool,
         max_len: PositiveInt | None = None,
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.ngram_buckets = ngram_buckets
         self.max_len = max_len  # read by the data module: tokens kept per document
-        self.embedding = nn.EmbeddingBag(vocab_size + ngram_buckets, embed_dim, mode="sum")
+        # sparse=True: gradients cover only the rows a batch used (stepped by SparseAdam).
+        self.embedding = nn.EmbeddingBag(vocab_size + ngram_buckets, embed_dim, mode="sum", sparse=sparse)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(embed_dim, num_classes)
         nn.init.uniform_(self.embedding.weight, -1.0 / embed_dim, 1.0 / embed_dim)
