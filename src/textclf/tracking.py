@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from textclf.config import TrackingConfig
 from textclf.errors import TextclfError
@@ -72,6 +73,15 @@ def git_commit(root: Path | None = None) -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return result.stdout.strip()
+
+
+def run_tags(resolved: dict[str, Any], manifest: dict[str, Any]) -> dict[str, str]:
+    """Provenance of a training run: code version, data version, model family."""
+    return {
+        "mlflow.source.git.commit": git_commit(project_root()) or "unknown",
+        "data_hash": manifest["data_hash"],
+        "model": resolved["model"]["_target_"].rsplit(".", 1)[-1],
+    }
 
 
 def write_run_reference(models_dir: Path, run_id: str, experiment_id: str) -> None:

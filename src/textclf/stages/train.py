@@ -29,7 +29,7 @@ from textclf.data.encoded import VOCAB_FILE, read_manifest
 from textclf.errors import TextclfError
 from textclf.models.classifier import TextClassifier
 from textclf.stages.cli import run_stage
-from textclf.tracking import ensure_experiment, git_commit, project_root, tracking_uri, write_run_reference
+from textclf.tracking import ensure_experiment, run_tags, tracking_uri, write_run_reference
 
 CHECKPOINT_NAME = "model"  # -> model.ckpt
 MONITOR = "val/f1_macro"
@@ -108,12 +108,7 @@ def train(
         experiment_name=cfg.tracking.experiment_name,
         run_name=cfg.tracking.run_name,
         tracking_uri=uri,
-        tags={
-            "mlflow.source.git.commit": git_commit(project_root()) or "unknown",
-            "data_hash": manifest["data_hash"],
-            "model": resolved["model"]["_target_"].rsplit(".", 1)[-1],
-            **(tags or {}),
-        },
+        tags={**run_tags(resolved, manifest), **(tags or {})},
         synchronous=False,  # per-step losses are queued and written in batches
     )
     checkpoint = ModelCheckpoint(
