@@ -72,11 +72,17 @@ def _staging_dir(models_dir: Path) -> Path:
 
 
 def train(
-    cfg: Config, processed: Path, models_dir: Path, reports_dir: Path, tags: dict[str, str] | None = None
+    cfg: Config,
+    processed: Path,
+    models_dir: Path,
+    reports_dir: Path,
+    tags: dict[str, str] | None = None,
+    callbacks: list[Callback] | None = None,
 ) -> dict[str, Any]:
     """Trains, then moves the finished outputs into place; returns a summary of the run.
 
-    ``tags`` are added to the MLflow run next to the git commit, data hash and model name."""
+    ``tags`` are added to the MLflow run next to the git commit, data hash and model name;
+    ``callbacks`` (e.g. an Optuna pruning callback) run alongside the checkpointing ones."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
@@ -125,7 +131,7 @@ def train(
     trainer: pl.Trainer = instantiate(
         resolved["trainer"],
         logger=logger,
-        callbacks=[checkpoint, history],
+        callbacks=[checkpoint, history, *(callbacks or [])],
         default_root_dir=staging,
         use_distributed_sampler=False,  # the data module shards batches itself (see datamodule.py)
         enable_model_summary=False,
@@ -144,7 +150,7 @@ def train(
         experiment_id = logger.experiment_id
         write_run_reference(staging, logger.run_id, experiment_id)
         for name in (best.name, "config.yaml", VOCAB_FILE):
-            logger.experiment.log_artifact(logger.run_id, str(staging / name), artifact_path="model")
+            logger.experiment.log_artifact(logger.run_id, str(staging / name), artifact_path="checkpoint")
         write_text(reports_dir / CURVES_FILE, history.to_csv())
         if models_dir.exists():
             shutil.rmtree(models_dir)
