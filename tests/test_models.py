@@ -111,3 +111,20 @@ def test_sparse_tables_are_stepped_by_sparse_adam_with_the_scheduled_lr() -> Non
     restored = build_optimizer(lambda params: torch.optim.Adam(params, lr=0.1), model)
     restored.load_state_dict(optimizer.state_dict())
     assert restored.sparse.state_dict()["state"][0]["step"] == 1
+
+
+def test_tfidf_weights_spread_sublinear_tf_times_idf_over_occurrences() -> None:
+    import math
+
+    from textclf.models.fasttext import FastText
+
+    split = EncodedSplit.from_token_ids([[2, 2, 3], [3, 4]], [0, 1])
+    frequency = split.document_frequency(VOCAB)
+    assert frequency[2:5].tolist() == [1, 2, 1] and frequency[5:].sum() == 0
+    model = FastText(VOCAB, 2, embed_dim=4, ngram_buckets=0, dropout=0.0, sparse=False, weighting="tfidf")
+    model.set_document_frequency(frequency, num_documents=2)
+    idf = model.idf
+    assert idf[3].item() == pytest.approx(math.log(3 / 3) + 1) and idf[2].item() == pytest.approx(math.log(3 / 2) + 1)
+    weights = model._word_weights(torch.tensor([2, 2, 3, 3, 4]), torch.tensor([3, 2]))
+    expected_2 = idf[2].item() * (1 + math.log(2)) / 2
+    assert weights.tolist() == pytest.approx([expected_2, expected_2, idf[3].item(), idf[3].item(), idf[4].item()])

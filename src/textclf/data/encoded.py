@@ -50,6 +50,12 @@ class EncodedSplit:
             labels=torch.tensor(list(labels), dtype=torch.int64),
         )
 
+    def document_frequency(self, vocab_size: int) -> torch.Tensor:
+        """(vocab_size,) int64: in how many documents each token id occurs."""
+        document = torch.repeat_interleave(torch.arange(len(self)), self.lengths)
+        pairs = torch.unique(document * vocab_size + self.tokens.long())
+        return torch.bincount(pairs % vocab_size, minlength=vocab_size)
+
     def save(self, path: Path) -> None:
         torch.save({"tokens": self.tokens, "offsets": self.offsets, "labels": self.labels}, path)
 

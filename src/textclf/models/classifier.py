@@ -47,6 +47,14 @@ class TextClassifier(pl.LightningModule):
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.val_metrics = split_metrics(num_classes, prefix="val/")
 
+    def setup(self, stage: str) -> None:
+        # Backbones that weight words by corpus statistics (fasttext's tfidf) learn them from
+        # the training split here, once; they are buffers, so checkpoints keep them.
+        if stage == "fit" and hasattr(self.backbone, "set_document_frequency"):
+            split = self.trainer.datamodule.splits["train"]
+            frequency = split.document_frequency(self.hparams.vocab_size)
+            self.backbone.set_document_frequency(frequency, len(split))
+
     def forward(self, tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.backbone(tokens, offsets, lengths)
 

@@ -1,6 +1,10 @@
-"""fastText-style classifier: the mean of word and hashed-bigram embeddings, then a linear layer."""
+"""fastText-style classifier: a weighted mean of word and hashed-bigram embeddings, then a
+linear layer. With ``weighting: tfidf`` each word counts by its sublinear TF-IDF weight
+(1 + log tf) * idf, as in a TF-IDF vector; ``mean`` is fastText's plain average."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
@@ -49,11 +53,16 @@ class FastText(nn.Module):
         ngram_buckets: NonNegativeInt,
         dropout: Fraction,
         sparse: bool,
+        weighting: Literal["mean", "tfidf"],
         max_len: PositiveInt | None = None,
     ) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.ngram_buckets = ngram_buckets
+        self.weighting = weighting
+        # Inverse document frequency per word id, from the training split (set_document_frequency);
+        # a buffer, so checkpoints carry it.
+        self.register_buffer("idf", torch.ones(vocab_size))
         self.max_len = max_len  # read by the data module: tokens kept per document
         # sparse=True: gradients cover only the rows a batch used (stepped by SparseAdam).
         self.embedding = nn.EmbeddingBag(vocab_size + ngram_buckets, embed_dim, mode="sum", sparse=sparse)
@@ -61,15 +70,35 @@ class FastText(nn.Module):
         self.classifier = nn.Linear(embed_dim, num_classes)
         nn.init.uniform_(self.embedding.weight, -1.0 / embed_dim, 1.0 / embed_dim)
 
+    def set_document_frequency(self, document_frequency: torch.Tensor, num_documents: int) -> None:
+        """Smoothed idf, as scikit-learn's TfidfVectorizer: log((1 + n) / (1 + df)) + 1."""
+        idf = torch.log((1 + num_documents) / (1 + document_frequency.double())) + 1
+        self.idf.copy_(idf.to(self.idf.dtype))
+
+    def _word_weights(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(T,) weight of each token occurrence: its document's (1 + log tf) * idf spread
+        evenly over the tf occurrences, so a bag sums to the document's TF-IDF vector."""
+        document = torch.repeat_interleave(torch.arange(lengths.numel(), device=tokens.device), lengths)
+        _, which, counts = torch.unique(document * self.vocab_size + tokens, return_inverse=True, return_counts=True)
+        tf = counts[which].to(self.idf.dtype)
+        return self.idf[tokens] * (1 + torch.log(tf)) / tf
+
     def forward(self, tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens (T,), offsets (B,), lengths (B,) -> logits (B, num_classes)"""
-        summed = self.embedding(tokens, offsets)  # (B, D)
-        count = lengths.clone()
+        if self.weighting == "tfidf":
+            weights = self._word_weights(tokens, lengths)  # (T,)
+            summed = self.embedding(tokens, offsets, per_sample_weights=weights)  # (B, D)
+            document = torch.repeat_interleave(torch.arange(lengths.numel(), device=tokens.device), lengths)
+            total = torch.zeros(lengths.numel(), dtype=weights.dtype, device=tokens.device)
+            total.index_add_(0, document, weights)  # (B,) sum of each document's weights
+        else:
+            summed = self.embedding(tokens, offsets)  # (B, D)
+            total = lengths.to(summed.dtype)
         if self.ngram_buckets > 0:
             ids, pair_offsets, pair_lengths = bigram_ids(
                 tokens, offsets, lengths, self.vocab_size, self.ngram_buckets
             )
-            summed = summed + self.embedding(ids, pair_offsets)
-            count = count + pair_lengths
-        mean = summed / count.clamp(min=1).unsqueeze(1).to(summed.dtype)
+            summed = summed + self.embedding(ids, pair_offsets)  # each bigram weighs 1
+            total = total + pair_lengths
+        mean = summed / total.clamp(min=1).unsqueeze(1).to(summed.dtype)
         return self.classifier(self.dropout(mean))
