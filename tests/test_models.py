@@ -128,3 +128,18 @@ def test_tfidf_weights_spread_sublinear_tf_times_idf_over_occurrences() -> None:
     weights = model._word_weights(torch.tensor([2, 2, 3, 3, 4]), torch.tensor([3, 2]))
     expected_2 = idf[2].item() * (1 + math.log(2)) / 2
     assert weights.tolist() == pytest.approx([expected_2, expected_2, idf[3].item(), idf[3].item(), idf[4].item()])
+
+
+def test_length_buckets_group_similar_lengths_and_cover_every_document() -> None:
+    from torch.utils.data import RandomSampler
+
+    from textclf.data.datamodule import EpochBatchSampler
+
+    lengths = torch.tensor([50, 1, 49, 2, 48, 3, 47, 4])
+    sampler = EpochBatchSampler(RandomSampler(range(8)), batch_size=2, lengths=lengths, bucket_batches=4, seed=0)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    spans = [int(lengths[b].max() - lengths[b].min()) for b in batches]
+    assert max(spans) <= 2  # sorted within the bucket: short with short, long with long
+    sampler.set_epoch(1)
+    assert sorted(i for b in sampler for i in b) == list(range(8))

@@ -55,6 +55,7 @@ class TrainConfig(_Section):
     num_workers: NonNegativeInt
     label_smoothing: Fraction
     num_threads: PositiveInt | None
+    length_buckets: PositiveInt | None
 
 
 class OptimizerConfig(_Section):

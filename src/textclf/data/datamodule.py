@@ -51,12 +51,48 @@ class BatchedSplit(Dataset):
 
 
 class EpochBatchSampler(BatchSampler):
-    """A BatchSampler that forwards ``set_epoch`` (Lightning calls it each epoch) to its
-    sampler, so a DistributedSampler reshuffles every epoch."""
+    """Batches of document indices, optionally grouped by length.
+
+    With ``lengths`` and ``bucket_batches``, each run of ``batch_size * bucket_batches``
+    sampled indices is sorted by document length before it is cut into batches, and the batches
+    are then shuffled: sequence models pad each batch to its longest document, so similar
+    lengths waste less compute. ``set_epoch`` (Lightning calls it each epoch) reaches the
+    sampler, so a DistributedSampler reshuffles, and reseeds the batch order.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int],
+        batch_size: int,
+        lengths: torch.Tensor | None = None,
+        bucket_batches: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(sampler, batch_size=batch_size, drop_last=False)
+        self.lengths = lengths
+        self.bucket_batches = bucket_batches
+        self.seed = seed
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        if self.lengths is None or self.bucket_batches is None:
+            yield from super().__iter__()
+            return
+        order = torch.as_tensor(list(self.sampler), dtype=torch.int64)
+        bucket = self.batch_size * self.bucket_batches
+        batches = []
+        for start in range(0, order.numel(), bucket):
+            chunk = order[start : start + bucket]
+            chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]
+            batches.extend(chunk[i : i + self.batch_size].tolist() for i in range(0, chunk.numel(), self.batch_size))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        for index in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[index]
 
 
 class TextDataModule(pl.LightningDataModule):
@@ -70,6 +106,7 @@ class TextDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         max_len: int | None = None,
         seed: int = 0,
+        length_buckets: int | None = None,
     ) -> None:
         super().__init__()
         self.processed = Path(processed)
@@ -78,6 +115,7 @@ class TextDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.max_len = max_len
         self.seed = seed  # shuffling seed shared by all DDP ranks
+        self.length_buckets = length_buckets  # batches per length-sorted bucket (training only)
         self.vocabulary = read_vocabulary(self.processed)
         self.labels = read_labels(self.processed)
         self.splits: dict[str, EncodedSplit] = {}
@@ -96,7 +134,7 @@ class TextDataModule(pl.LightningDataModule):
             if name not in self.splits:
                 self.splits[name] = EncodedSplit.load(self.processed / f"{name}.pt")
 
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, name: str, batch_size: int, shuffle: bool, bucket_batches: int | None = None) -> DataLoader:
         dataset = BatchedSplit(self.splits[name], self.max_len)
         sampler: Sampler[int]
         if dist.is_available() and dist.is_initialized():
@@ -107,14 +145,20 @@ class TextDataModule(pl.LightningDataModule):
             sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
         return DataLoader(
             dataset,
-            sampler=EpochBatchSampler(sampler, batch_size=batch_size, drop_last=False),
+            sampler=EpochBatchSampler(
+                sampler,
+                batch_size=batch_size,
+                lengths=dataset.split.lengths if bucket_batches is not None else None,
+                bucket_batches=bucket_batches,
+                seed=self.seed,
+            ),
             batch_size=None,  # the dataset returns whole batches
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        return self._loader("train", self.batch_size, shuffle=True, bucket_batches=self.length_buckets)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size, shuffle=False)

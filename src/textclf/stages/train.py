@@ -94,6 +94,7 @@ def train(
         num_workers=cfg.train.num_workers,
         max_len=cfg.model.get("max_len"),
         seed=cfg.seed,
+        length_buckets=cfg.train.length_buckets,
     )
     resolved = to_dict(cfg)
     module = TextClassifier(

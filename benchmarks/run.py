@@ -1,0 +1,275 @@
+"""The benchmark: textclf against what a user would pick instead, side by side, in one run.
+
+    python -m benchmarks.run --archive PATH --sha256 HASH [--models fasttext,lstm,transformer]
+                             [--repeats 3] [--skip-dvc]
+
+Measures on the full corpus, on this machine, in this one run:
+  * each model preset: test accuracy / macro-F1, training wall time, time to 80/84/86/88% test
+    accuracy (scored after every epoch), peak RSS, training samples/s (one subprocess each);
+  * scikit-learn TF-IDF + LinearSVC on the same split (what a user would write instead);
+  * the train stage vs a bare PyTorch loop on the same fasttext config (framework overhead);
+  * the preprocess stage vs CountVectorizer().fit_transform + transform on the same texts;
+  * `dvc repro` when nothing changed.
+Timings are medians over --repeats runs where cheap. Writes benchmarks/results/latest.json and
+latest.md, and the table into README.md between the benchmark markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from omegaconf import OmegaConf
+
+from textclf.config import validate
+from textclf.params import compose
+from textclf.params import write_params as compose_params
+from textclf.stages.download import download
+from textclf.stages.preprocess import preprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+# Model presets: the default config (fasttext) and conf/experiment/<name>.yaml.
+PRESETS = {
+    "fasttext": [],
+    "lstm": ["+experiment=lstm"],
+    "transformer": ["+experiment=transformer"],
+    "best": ["+experiment=best"],
+}
+README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+
+
+def median_time(function: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def write_params(path: Path, overrides: list[str]) -> None:
+    cfg = compose(overrides, root=ROOT)
+    path.write_text(yaml.safe_dump(OmegaConf.to_container(cfg), sort_keys=False), encoding="utf-8")
+
+
+def run_worker(mode: str, params: Path, *extra: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.train_one", mode, "--params", str(params), *extra],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode != 0 or not lines:
+        raise SystemExit(f"benchmark worker failed ({mode} {params}):\n{result.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def texts_and_labels(cfg) -> tuple[list[str], list[str], list[str], list[str]]:
+    from textclf.data.archive import read_messages
+    from textclf.data.text import clean, decode
+
+    messages = read_messages(cfg.paths.raw / cfg.data.archive_name, (cfg.data.train_dir, cfg.data.test_dir))
+    split = {cfg.data.train_dir: ([], []), cfg.data.test_dir: ([], [])}
+    for message in messages:
+        texts, labels = split[message.split]
+        texts.append(clean(decode(message.raw), cfg.data.remove))
+        labels.append(message.group)
+    (train_x, train_y), (test_x, test_y) = split[cfg.data.train_dir], split[cfg.data.test_dir]
+    return train_x, train_y, test_x, test_y
+
+
+def sklearn_baselines(cfg, repeats: int) -> dict[str, Any]:
+    from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.svm import LinearSVC
+
+    train_x, train_y, test_x, test_y = texts_and_labels(cfg)
+
+    def count_vectorize() -> None:
+        vectorizer = CountVectorizer()
+        vectorizer.fit_transform(train_x)
+        vectorizer.transform(test_x)
+
+    outcome: dict[str, Any] = {}
+
+    def tfidf_svm() -> None:
+        vectorizer = TfidfVectorizer()
+        classifier = LinearSVC().fit(vectorizer.fit_transform(train_x), train_y)
+        predicted = classifier.predict(vectorizer.transform(test_x))
+        outcome["accuracy"] = accuracy_score(test_y, predicted)
+        outcome["f1_macro"] = f1_score(test_y, predicted, average="macro")
+
+    return {
+        "countvectorizer_seconds": median_time(count_vectorize, repeats),
+        "tfidf_svm_seconds": median_time(tfidf_svm, repeats),
+        "tfidf_svm_accuracy": outcome["accuracy"],
+        "tfidf_svm_f1_macro": outcome["f1_macro"],
+    }
+
+
+def copy_repository(target: Path) -> None:
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, target / name)
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
+    subprocess.run(["git", "init", "-q"], cwd=target, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=target, check=True)
+    subprocess.run([*git, "commit", "-qm", "benchmark"], cwd=target, check=True)
+
+
+def dvc_noop(work: Path, overrides: list[str], repeats: int) -> dict[str, float]:
+    """Full `dvc repro` once in a copy of the repository, then `dvc repro` with nothing changed."""
+    repo = work / "repo"
+    shutil.rmtree(repo, ignore_errors=True)
+    repo.mkdir(parents=True)
+    copy_repository(repo)
+    compose_params(repo / "params.yaml", overrides, root=repo)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'dvc-mlflow.db'}"}
+
+    def repro() -> None:
+        result = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SystemExit(f"dvc repro failed:\n{result.stderr[-3000:]}")
+
+    full = median_time(repro, 1)
+    return {"dvc_repro_full_seconds": full, "dvc_repro_noop_seconds": median_time(repro, repeats)}
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    baselines = results["baselines"]
+    lines = [
+        f"Measured {results['date']} on {results['machine']} (torch threads: {results['torch_threads']}), "
+        f"full 20news-bydate corpus (train {results['counts']['train']} / val {results['counts']['val']} / "
+        f"test {results['counts']['test']}).",
+        "",
+        "| model | test acc | test macro-F1 | train s | to 80% | to 84% | to 86% | to 88% | samples/s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def seconds(value: float | None) -> str:
+        return "—" if value is None else f"{value:.0f}"
+
+    for name, row in results["models"].items():
+        to = row["time_to"]
+        lines.append(
+            f"| {name} | {row['test_accuracy']:.2%} | {row['test_f1_macro']:.2%} | {row['train_seconds']:.0f} | "
+            f"{seconds(to['80%'])} | {seconds(to['84%'])} | {seconds(to['86%'])} | {seconds(to['88%'])} | "
+            f"{row['samples_per_second']:.0f} | {row['peak_rss_mb']:.0f} |"
+        )
+    lines.append(
+        f"| scikit-learn TF-IDF + LinearSVC | {baselines['tfidf_svm_accuracy']:.2%} | "
+        f"{baselines['tfidf_svm_f1_macro']:.2%} | {baselines['tfidf_svm_seconds']:.1f} (fit + predict) | | | | | | |"
+    )
+    overhead = results["overhead"]
+    prep = results["preprocess"]
+    lines += [
+        "",
+        "| comparison (same run, medians) | textclf | reference | ratio |",
+        "|---|---|---|---|",
+        f"| fasttext train stage vs bare PyTorch loop, {overhead['epochs']} epochs | {overhead['pipeline_seconds']:.1f} s "
+        f"| {overhead['bare_seconds']:.1f} s | {overhead['ratio']:.2f}× |",
+        f"| preprocess stage (read archive, tokenize, encode, write) vs CountVectorizer fit_transform + transform "
+        f"| {prep['seconds']:.1f} s | {baselines['countvectorizer_seconds']:.1f} s | {prep['ratio']:.2f}× |",
+    ]
+    if "dvc" in results:
+        lines.append(f"| `dvc repro`, nothing changed | {results['dvc']['dvc_repro_noop_seconds']:.2f} s | ≤ 3 s target | |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(table: str) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    if README_START in text and README_END in text:
+        head, rest = text.split(README_START, 1)
+        _, tail = rest.split(README_END, 1)
+        readme.write_text(f"{head}{README_START}\n{table}{README_END}{tail}", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archive", required=True, help="path or URL of 20news-bydate.tar.gz")
+    parser.add_argument("--sha256", required=True, help="its SHA-256")
+    parser.add_argument("--models", default="fasttext,lstm,transformer,best")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work")
+    parser.add_argument("--skip-dvc", action="store_true", help="skip the `dvc repro` measurements")
+    args = parser.parse_args()
+
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    data = [f"data.url={Path(args.archive).resolve() if Path(args.archive).exists() else args.archive}",
+            f"data.sha256={args.sha256}", "trainer.enable_progress_bar=false"]
+    paths = [f"paths.{name}={work / name}" for name in ("raw", "processed", "cache")]
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    cfg = validate(compose([*data, *paths], root=ROOT))
+
+    import torch
+
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}",
+        "torch_threads": torch.get_num_threads(),
+    }
+    print("download + preprocess", flush=True)
+    download(cfg.data, cfg.paths.raw, progress=False)
+    archive = cfg.paths.raw / cfg.data.archive_name
+    manifest: dict[str, Any] = {}
+    prep_seconds = median_time(lambda: manifest.update(preprocess(cfg.data, archive, cfg.paths.processed)), args.repeats)
+    results["counts"] = manifest["counts"]
+
+    print("scikit-learn baselines", flush=True)
+    results["baselines"] = sklearn_baselines(cfg, args.repeats)
+    results["preprocess"] = {"seconds": prep_seconds, "ratio": prep_seconds / results["baselines"]["countvectorizer_seconds"]}
+
+    results["models"] = {}
+    for name in args.models.split(","):
+        print(f"model {name}", flush=True)
+        params = work / f"{name}.yaml"
+        out = [f"paths.models={work / name / 'models'}", f"paths.reports={work / name / 'reports'}"]
+        write_params(params, [*PRESETS[name], *data, *paths, *out])
+        results["models"][name] = run_worker("pipeline", params, "--per-epoch-test")
+
+    print("framework overhead", flush=True)
+    params = work / "overhead.yaml"
+    write_params(params, [*data, *paths, f"paths.models={work / 'overhead' / 'models'}",
+                          f"paths.reports={work / 'overhead' / 'reports'}"])
+    pipeline_runs, bare_runs = [], []
+    for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
+        pipeline_runs.append(run_worker("pipeline", params)["seconds"])
+        bare_runs.append(run_worker("bare", params)["seconds"])
+    results["overhead"] = {
+        "epochs": yaml.safe_load(params.read_text())["trainer"]["max_epochs"],
+        "pipeline_seconds": statistics.median(pipeline_runs),
+        "bare_seconds": statistics.median(bare_runs),
+        "pipeline_runs": pipeline_runs,
+        "bare_runs": bare_runs,
+    }
+    results["overhead"]["ratio"] = results["overhead"]["pipeline_seconds"] / results["overhead"]["bare_seconds"]
+
+    if not args.skip_dvc:
+        print("dvc repro", flush=True)
+        results["dvc"] = dvc_noop(work, [*data], args.repeats)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    table = render_markdown(results)
+    (RESULTS / "latest.md").write_text(table, encoding="utf-8")
+    update_readme(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
