@@ -22,11 +22,13 @@ GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "tracking")
 
 
 def group_options() -> list[str]:
-    return [
+    options = [
         f"{group}={path.stem}"
         for group in GROUPS
         for path in sorted((REPO_ROOT / "conf" / group).glob("*.yaml"))
     ]
+    presets = sorted((REPO_ROOT / "conf" / "experiment").glob("*.yaml"))
+    return options + [f"+experiment={path.stem}" for path in presets]
 
 
 @pytest.mark.parametrize("override", group_options())
