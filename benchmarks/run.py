@@ -244,7 +244,9 @@ def main() -> None:
 
     print("framework overhead", flush=True)
     params = work / "overhead.yaml"
-    write_params(params, [*data, *paths, f"paths.models={work / 'overhead' / 'models'}",
+    # The default config exactly as users run it: progress bar and per-step logging on.
+    as_shipped = [o for o in data if not o.startswith("trainer.enable_progress_bar")]
+    write_params(params, [*as_shipped, *paths, f"paths.models={work / 'overhead' / 'models'}",
                           f"paths.reports={work / 'overhead' / 'reports'}"])
     pipeline_runs, bare_runs = [], []
     for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
