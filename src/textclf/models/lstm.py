@@ -21,11 +21,13 @@ class LSTMClassifier(nn.Module):
         num_layers: PositiveInt,
         bidirectional: bool,
         dropout: Fraction,
+        sparse: bool,
         max_len: PositiveInt | None,
     ) -> None:
         super().__init__()
         self.max_len = max_len  # read by the data module: tokens kept per document
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        # sparse=True: only the rows of words in the batch get gradients (stepped by SparseAdam).
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID, sparse=sparse)
         self.lstm = nn.LSTM(
             embed_dim,
             hidden_dim,

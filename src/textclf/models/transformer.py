@@ -21,6 +21,7 @@ class TransformerClassifier(nn.Module):
         num_layers: PositiveInt,
         ff_dim: PositiveInt,
         dropout: Fraction,
+        sparse: bool,
         max_len: PositiveInt,
     ) -> None:
         super().__init__()
@@ -29,7 +30,8 @@ class TransformerClassifier(nn.Module):
                 f"model.embed_dim ({embed_dim}) must be divisible by model.num_heads ({num_heads})"
             )
         self.max_len = max_len  # positions available, and tokens kept per document
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID)
+        # sparse=True: only the rows of words in the batch get gradients (stepped by SparseAdam).
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID, sparse=sparse)
         self.position = nn.Embedding(max_len, embed_dim)
         layer = nn.TransformerEncoderLayer(
             embed_dim, num_heads, ff_dim, dropout=dropout, batch_first=True, norm_first=True
