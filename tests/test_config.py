@@ -77,6 +77,7 @@ def test_seed_zero_is_a_seed() -> None:
         ("+train.epochs=3", "train.epochs"),
         ("model._target_=textclf.models.nope.Nope", "model._target_"),
         ("scheduler.warmup_fraction=2", "scheduler.warmup_fraction"),
+        ("trainer.gradient_clip_val=1.0", "model.sparse"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(override: str, named: str) -> None:

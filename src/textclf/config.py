@@ -185,6 +185,13 @@ def validate(cfg: DictConfig | Mapping[str, Any], source: str = "config") -> Con
         section_values = values.get(section)
         if isinstance(section_values, dict):
             problems.extend(_check_target_section(section, section_values))
+    model, trainer = values.get("model"), values.get("trainer")
+    if isinstance(model, dict) and isinstance(trainer, dict):
+        if model.get("sparse") and trainer.get("gradient_clip_val") is not None:
+            problems.append(
+                "model.sparse: true cannot be combined with trainer.gradient_clip_val "
+                "(clipping needs dense gradients; set model.sparse=false or trainer.gradient_clip_val=null)"
+            )
     if problems:
         raise TextclfError(f"invalid {source}: " + "; ".join(problems))
     assert parsed is not None
