@@ -44,7 +44,6 @@ PRESETS = {
     "fasttext": [],
     "lstm": ["+experiment=lstm"],
     "transformer": ["+experiment=transformer"],
-    "best": ["+experiment=best"],
 }
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
@@ -202,7 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archive", required=True, help="path or URL of 20news-bydate.tar.gz")
     parser.add_argument("--sha256", required=True, help="its SHA-256")
-    parser.add_argument("--models", default="fasttext,lstm,transformer,best")
+    parser.add_argument("--models", default=",".join(PRESETS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work")
     parser.add_argument("--skip-dvc", action="store_true", help="skip the `dvc repro` measurements")
