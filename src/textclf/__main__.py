@@ -24,6 +24,7 @@ from textclf.params import CONFIG_NAME, conf_dir
 
 def run(cfg: DictConfig) -> float:
     """One Hydra job; returns the best validation macro-F1 (what a sweeper maximizes)."""
+    from textclf.distributed import ddp_children_rerun_this_job
     from textclf.pipeline import run_pipeline
 
     hydra_cfg = HydraConfig.get()
@@ -32,7 +33,10 @@ def run(cfg: DictConfig) -> float:
     tags = {"hydra.overrides": hydra_cfg.job.override_dirname, "hydra.output_dir": hydra_cfg.runtime.output_dir}
     if hydra_cfg.mode.name == "MULTIRUN":
         tags["hydra.job.num"] = str(hydra_cfg.job.num)
-    summary = run_pipeline(config, Path(hydra_cfg.runtime.output_dir), tags=tags)
+    # With trainer.devices > 1, Lightning re-runs this command for the other DDP ranks: make
+    # that re-run this one job (not the whole sweep) in this job's directory.
+    with ddp_children_rerun_this_job():
+        summary = run_pipeline(config, Path(hydra_cfg.runtime.output_dir), tags=tags)
     if summary:
         print(f"textclf: {summary}")
     return float(summary.get("best_val_f1_macro", 0.0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -10,11 +11,35 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from textclf.errors import TextclfError
+
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class DiskFull(TextclfError):
+    pass
+
+
+@contextmanager
+def _disk_full_is_an_error(target: Path) -> Iterator[None]:
+    """A full disk (or quota) while writing ``target`` becomes one TextclfError naming it
+    (the outermost target, when a staged file is written inside a staged directory)."""
+    try:
+        yield
+    except (OSError, DiskFull) as error:
+        cause = error.__cause__ if isinstance(error, DiskFull) else error
+        if not isinstance(cause, OSError) or cause.errno not in DISK_FULL:
+            raise
+        raise DiskFull(
+            f"cannot write {target}: {os.strerror(cause.errno)} (nothing was written; free space and rerun)"
+        ) from cause
 
 
 @contextmanager
@@ -25,13 +50,15 @@ def staged_dir(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
+    with _disk_full_is_an_error(target):
+        staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-", dir=target.parent))
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would outlive the rename
     try:
-        yield staging
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        with _disk_full_is_an_error(target):
+            yield staging
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -42,12 +69,14 @@ def staged_file(target: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Opens a sibling temporary file that is renamed onto ``target`` when the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f"{target.name}.partial-", dir=target.parent)
+    with _disk_full_is_an_error(target):
+        fd, staging = tempfile.mkstemp(prefix=f"{target.name}.partial-", dir=target.parent)
     os.chmod(staging, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
-            yield handle
-        os.replace(staging, target)
+        with _disk_full_is_an_error(target):
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+                yield handle
+            os.replace(staging, target)
     finally:
         if os.path.exists(staging):
             os.unlink(staging)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import re
+import socket
 import subprocess
+import sys
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+from urllib.parse import urlparse
 
 from textclf.config import TrackingConfig
 from textclf.errors import TextclfError
@@ -75,13 +81,168 @@ def git_commit(root: Path | None = None) -> str | None:
     return result.stdout.strip()
 
 
+def git_dirty(root: Path | None = None) -> str:
+    """"true" when `git status --porcelain` lists any change (untracked files included),
+    "false" for a clean tree, "unknown" outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "status", "--porcelain"],
+            cwd=root or Path.cwd(),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return "true" if result.stdout.strip() else "false"
+
+
+# MLflow tag -> distribution whose version it records.
+VERSION_TAGS = {
+    "version.torch": "torch",
+    "version.lightning": "lightning",
+    "version.torchmetrics": "torchmetrics",
+    "version.mlflow": "mlflow",
+    "version.hydra-core": "hydra-core",
+    "version.dvc": "dvc",
+}
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"version.python": platform.python_version()}
+    for tag, distribution in VERSION_TAGS.items():
+        try:
+            versions[tag] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            versions[tag] = "not installed"
+    return versions
+
+
+def device_name(accelerator: str) -> str:
+    """What trainer.accelerator runs on here: "cpu", "mps" or the CUDA device's name."""
+    import torch
+
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        name = torch.cuda.get_device_name(0)
+        return f"cuda: {name}" + (f" (x{count})" if count > 1 else "")
+    if accelerator in ("mps", "auto") and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
 def run_tags(resolved: dict[str, Any], manifest: dict[str, Any]) -> dict[str, str]:
-    """Provenance of a training run: code version, data version, model family."""
+    """Provenance of a training run: code version (commit, dirty tree), data version, model
+    family, library versions, platform and device."""
     return {
         "mlflow.source.git.commit": git_commit(project_root()) or "unknown",
+        "git_dirty": git_dirty(),
         "data_hash": manifest["data_hash"],
         "model": resolved["model"]["_target_"].rsplit(".", 1)[-1],
+        **package_versions(),
+        "platform": platform.platform(),
+        "device": device_name(str(resolved["trainer"].get("accelerator", "cpu"))),
     }
+
+
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+# Environment variables whose values are secrets; a logged value equal to one is masked.
+_SECRET_ENV = re.compile(
+    r"^(AWS_.*|.*_TOKEN|.*_PASSWORD|.*SECRET.*|.*_API_KEY|.*_ACCESS_KEY.*|MLFLOW_TRACKING_PASSWORD)$",
+    re.IGNORECASE,
+)
+# Config keys (the last part of a dotted name) whose values are secrets whatever they hold.
+_SECRET_KEY = re.compile(
+    r"(^|[_-])(password|passwd|secret|token|api_?key|access_?key|secret_?key|credentials?)$",
+    re.IGNORECASE,
+)  # "auth_token", "password": yes; "token_pattern": no
+MASK = "***"
+_MIN_SECRET_IN_TEXT = 8  # shorter secret values are masked only where a value equals them
+
+
+def mask_userinfo(text: str) -> str:
+    """https://user:pass@host/x -> https://***@host/x (any scheme, anywhere in ``text``)."""
+    return _USERINFO.sub(rf"\g<scheme>{MASK}@", text)
+
+
+def _secret_values(environ: Mapping[str, str]) -> list[str]:
+    values = {value for name, value in environ.items() if value and _SECRET_ENV.match(name)}
+    return sorted(values, key=len, reverse=True)  # longest first, so no secret is half-masked
+
+
+def _redact_value(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_value(item, secrets) for item in value)
+    if not isinstance(value, str):
+        return value
+    if value in secrets:
+        return MASK
+    for secret in secrets:
+        if len(secret) >= _MIN_SECRET_IN_TEXT and secret in value:
+            value = value.replace(secret, MASK)
+    return mask_userinfo(value)
+
+
+def redact_secrets(params: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``params`` (flattened config) with secrets masked, for logging to MLflow.
+
+    Masks values of keys named like secrets (``*password*``, ``*token*``, ...), values equal
+    to (or containing) the value of a secret environment variable (AWS_*, *_TOKEN,
+    *_PASSWORD, *SECRET*, *_API_KEY, MLFLOW_TRACKING_PASSWORD), and URL userinfo."""
+    secrets = _secret_values(os.environ if environ is None else environ)
+    redacted: dict[str, Any] = {}
+    for key, value in params.items():
+        if value is not None and _SECRET_KEY.search(str(key).rsplit(".", 1)[-1]):
+            redacted[key] = MASK
+        else:
+            redacted[key] = _redact_value(value, secrets)
+    return redacted
+
+
+REACH_TIMEOUT_SECONDS = 5.0
+
+
+def check_tracking_uri(uri: str, timeout: float = REACH_TIMEOUT_SECONDS) -> None:
+    """Fails fast, in one line naming ``uri``, when the tracking store cannot be reached.
+
+    http(s): a TCP connection to the server within ``timeout``; sqlite: the database's
+    directory exists and is writable; file or plain path: its nearest existing directory is
+    writable. Other schemes (databricks, ...) are left to MLflow."""
+    shown = mask_userinfo(uri)
+    hint = "start the server or set tracking.uri / MLFLOW_TRACKING_URI"
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        try:
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        except ValueError as error:
+            raise TextclfError(f"MLflow tracking URI {shown}: bad port ({error})") from error
+        if not parsed.hostname:
+            raise TextclfError(f"MLflow tracking URI {shown}: no host")
+        try:
+            socket.create_connection((parsed.hostname, port), timeout=timeout).close()
+        except OSError as error:
+            reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
+            raise TextclfError(f"MLflow tracking URI {shown} is unreachable ({reason}); {hint}") from error
+        return
+    if parsed.scheme == "sqlite":
+        location = uri.removeprefix("sqlite:///")
+        if location in ("", ":memory:") or uri.startswith("sqlite://:memory:"):
+            return
+        database = Path(location)
+        if not database.parent.is_dir():
+            raise TextclfError(
+                f"MLflow tracking URI {shown}: directory {database.parent} does not exist"
+            )
+        writable = database if database.exists() else database.parent
+        if not os.access(writable, os.W_OK):
+            raise TextclfError(f"MLflow tracking URI {shown}: {writable} is not writable")
+        return
+    if parsed.scheme in ("file", "") or (len(parsed.scheme) == 1 and sys.platform == "win32"):
+        path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser().absolute()
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
+            raise TextclfError(f"MLflow tracking URI {shown}: {existing or path} is not a writable directory")
 
 
 def write_run_reference(models_dir: Path, run_id: str, experiment_id: str) -> None:

@@ -36,7 +36,7 @@ def strip_footer(text: str) -> str:
     """Drops the signature block: everything after the last line made only of dashes."""
     lines = text.strip().split("\n")
     for index in range(len(lines) - 1, -1, -1):
-        if lines[index].strip("-") == "":
+        if lines[index].strip().strip("-") == "":
             return "\n".join(lines[:index]) if index > 0 else text
     return text
 

@@ -10,8 +10,13 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MetricCollection
 
+from textclf.errors import TextclfError
 from textclf.models.optim import build_optimizer
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+
+class NonFiniteLoss(TextclfError):
+    """The training loss became NaN or infinite: training stops rather than go on diverged."""
 
 
 def split_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -63,6 +68,11 @@ class TextClassifier(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self._logits(batch), batch["labels"])
+        if not torch.isfinite(loss):  # one host sync per step; Lightning's detect_anomaly is far slower
+            raise NonFiniteLoss(
+                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}"
+                " (lower optimizer.lr or set trainer.gradient_clip_val)"
+            )
         size = batch["labels"].numel()
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=size)
         return loss

@@ -6,13 +6,27 @@ import argparse
 from pathlib import Path
 
 from textclf.config import DataConfig, load_params
+from textclf.data.download import BACKOFF_SECONDS, RETRIES, TIMEOUT_SECONDS
 from textclf.data.download import download as fetch_first
 from textclf.stages.cli import run_stage
 
 
-def download(cfg: DataConfig, raw_dir: Path, progress: bool = True) -> Path:
-    """Writes ``raw_dir/<data.archive_name>``; returns its path. Nothing is left on failure."""
-    return fetch_first([cfg.url, *cfg.mirrors], raw_dir / cfg.archive_name, cfg.sha256, progress)
+def download(
+    cfg: DataConfig,
+    raw_dir: Path,
+    progress: bool = True,
+    retries: int = RETRIES,
+    backoff: float = BACKOFF_SECONDS,
+    timeout: float = TIMEOUT_SECONDS,
+) -> Path:
+    """Writes ``raw_dir/<data.archive_name>``; returns its path. Nothing is left on failure.
+
+    Each URL is retried ``retries`` times on transient faults (backoff ``backoff``, ``2 *
+    backoff``, ...; ``timeout`` seconds per connect or read), then the mirrors are tried."""
+    return fetch_first(
+        [cfg.url, *cfg.mirrors], raw_dir / cfg.archive_name, cfg.sha256, progress,
+        retries=retries, backoff=backoff, timeout=timeout,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

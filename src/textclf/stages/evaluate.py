@@ -11,6 +11,7 @@ import argparse
 import csv
 import io
 import json
+import pickle
 import time
 from pathlib import Path
 
@@ -92,12 +93,22 @@ def confusion_png(confusion: torch.Tensor, names: list[str]) -> bytes:
     return buffer.getvalue()
 
 
+def load_checkpoint(checkpoint: Path) -> TextClassifier:
+    """Loads with weights_only=True: tensors and plain data only, so a tampered checkpoint
+    cannot run code when unpickled; anything else is refused in one line."""
+    try:
+        return TextClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TextclfError(f"{checkpoint}: refusing to load, not a plain weights checkpoint ({reason})") from error
+
+
 def evaluate(cfg: Config, processed: Path, models_dir: Path, reports_dir: Path) -> dict[str, float]:
     """Scores the test split once; returns the metrics written to metrics.json."""
     checkpoint = models_dir / f"{CHECKPOINT_NAME}.ckpt"
     if not checkpoint.is_file():
         raise TextclfError(f"{checkpoint}: checkpoint not found (run `dvc repro train`)")
-    module = TextClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    module = load_checkpoint(checkpoint)
     datamodule = TextDataModule(
         processed,
         batch_size=cfg.train.eval_batch_size,

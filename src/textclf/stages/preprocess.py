@@ -14,7 +14,7 @@ from pathlib import Path
 
 from textclf.atomic import staged_dir, write_json
 from textclf.config import DataConfig, load_params
-from textclf.data.archive import read_messages
+from textclf.data.archive import Message, read_messages
 from textclf.data.encoded import (
     LABELS_FILE,
     MANIFEST_FILE,
@@ -40,6 +40,20 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def count_duplicates(messages: list[Message], train_dir: str, test_dir: str) -> dict[str, int]:
+    """Documents with identical bytes: repeats within the training split (validation included)
+    and within the test split, and test documents that also occur in training (leakage).
+    Reported in the manifest; the documents themselves are all kept."""
+    train = [m.raw for m in messages if m.split == train_dir]
+    test = [m.raw for m in messages if m.split == test_dir]
+    seen_in_train = set(train)
+    return {
+        "within_train": len(train) - len(seen_in_train),
+        "within_test": len(test) - len(set(test)),
+        "test_in_train": sum(raw in seen_in_train for raw in test),
+    }
+
+
 def preprocess(cfg: DataConfig, archive: Path, out_dir: Path) -> dict:
     """Writes ``out_dir`` (atomically) and returns its manifest."""
     started = time.perf_counter()
@@ -56,6 +70,7 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path) -> dict:
         tokens = [tokenizer(clean(decode(m.raw), cfg.remove)) for m in chosen]
         return tokens, [label_of[m.group] for m in chosen]
 
+    duplicates = count_duplicates(messages, cfg.train_dir, cfg.test_dir)
     train_tokens, train_labels = tokenize(cfg.train_dir)
     test_tokens, test_labels = tokenize(cfg.test_dir)
     kept, held = stratified_holdout(train_labels, cfg.val_fraction, cfg.split_seed)
@@ -85,12 +100,15 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path) -> dict:
             "num_classes": len(groups),
             "vocab_size": len(vocabulary),
             "counts": {name: len(split) for name, split in splits.items()},
+            "duplicates": duplicates,
             "tokens": {name: int(split.tokens.numel()) for name, split in splits.items()},
             "files": files,
             "params": cfg.model_dump(include=PREPROCESS_PARAMS),
         }
         write_json(staging / MANIFEST_FILE, manifest)
     print(f"preprocess: {len(messages)} messages in {time.perf_counter() - started:.1f}s")
+    if any(duplicates.values()):
+        print(f"preprocess: duplicate documents (identical bytes, all kept): {json.dumps(duplicates)}")
     return manifest
 
 

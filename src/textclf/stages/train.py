@@ -26,10 +26,13 @@ from textclf.atomic import write_text
 from textclf.config import Config, flatten, load_params, to_dict
 from textclf.data.datamodule import TextDataModule
 from textclf.data.encoded import VOCAB_FILE, read_manifest
+from textclf.distributed import launch_state_restorer
 from textclf.errors import TextclfError
-from textclf.models.classifier import TextClassifier
+from textclf.models.classifier import NonFiniteLoss, TextClassifier
 from textclf.stages.cli import run_stage
-from textclf.tracking import ensure_experiment, run_tags, tracking_uri, write_run_reference
+from textclf.tracking import (
+    check_tracking_uri, ensure_experiment, redact_secrets, run_tags, tracking_uri, write_run_reference,
+)
 
 CHECKPOINT_NAME = "model"  # -> model.ckpt
 MONITOR = "val/f1_macro"
@@ -83,6 +86,7 @@ def train(
 
     ``tags`` are added to the MLflow run next to the git commit, data hash and model name;
     ``callbacks`` (e.g. an Optuna pruning callback) run alongside the checkpointing ones."""
+    check_tracking_uri(tracking_uri(cfg.tracking))  # fail fast, before any work
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
@@ -108,16 +112,6 @@ def train(
 
     uri = tracking_uri(cfg.tracking)
     staging = _staging_dir(models_dir)
-    if rank_zero_only.rank == 0:
-        ensure_experiment(uri, cfg.tracking.experiment_name)
-        shutil.rmtree(staging, ignore_errors=True)
-    logger = MLFlowLogger(
-        experiment_name=cfg.tracking.experiment_name,
-        run_name=cfg.tracking.run_name,
-        tracking_uri=uri,
-        tags={**run_tags(resolved, manifest), **(tags or {})},
-        synchronous=False,  # per-step losses are queued and written in batches
-    )
     checkpoint = ModelCheckpoint(
         dirpath=staging,
         filename=CHECKPOINT_NAME,
@@ -129,17 +123,30 @@ def train(
         save_weights_only=True,  # the deliverable is the model, not the optimizer state (3x larger)
     )
     history = EpochHistory()
+    restore_launch_state = launch_state_restorer()  # DDP leaves env vars and a process group behind
     trainer: pl.Trainer = instantiate(
         resolved["trainer"],
-        logger=logger,
+        logger=False,  # rank 0 gets its MLflow logger below, once the Trainer knows the ranks
         callbacks=[checkpoint, history, *(callbacks or [])],
         default_root_dir=staging,
         use_distributed_sampler=False,  # the data module shards batches itself (see datamodule.py)
         enable_model_summary=False,
     )
     try:
+        # The global rank is certain only now (own DDP launcher, torchrun, SLURM): only rank 0
+        # writes files and talks to MLflow; the other ranks never open the tracking store.
         if trainer.is_global_zero:
-            logger.log_hyperparams(flatten(resolved))
+            ensure_experiment(uri, cfg.tracking.experiment_name)
+            shutil.rmtree(staging, ignore_errors=True)
+            logger = MLFlowLogger(
+                experiment_name=cfg.tracking.experiment_name,
+                run_name=cfg.tracking.run_name,
+                tracking_uri=uri,
+                tags={**run_tags(resolved, manifest), **(tags or {})},
+                synchronous=False,  # per-step losses are queued and written in batches
+            )
+            trainer.logger = logger
+            logger.log_hyperparams(redact_secrets(flatten(resolved)))
         trainer.fit(module, datamodule=datamodule)
         if not trainer.is_global_zero:
             return {}
@@ -161,9 +168,16 @@ def train(
             "best_val_f1_macro": float(checkpoint.best_model_score),
             "epochs": trainer.current_epoch,
         }
+    except NonFiniteLoss as error:
+        kept = (models_dir / f"{CHECKPOINT_NAME}.ckpt").is_file()
+        raise TextclfError(
+            f"{error}; training stopped, "
+            + (f"{models_dir} keeps the last good model" if kept else f"no model written to {models_dir}")
+        ) from error
     finally:
         if trainer.is_global_zero:
             shutil.rmtree(staging, ignore_errors=True)
+        restore_launch_state()
 
 
 def main(argv: list[str] | None = None) -> None:

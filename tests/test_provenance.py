@@ -1,0 +1,52 @@
+"""A tiny training run records where it came from (code, libraries, platform, device) and
+logs no secret among its params."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+from mlflow import MlflowClient
+
+from textclf.stages.download import download
+from textclf.stages.preprocess import preprocess
+from textclf.stages.train import train
+from textclf.tracking import MASK
+
+
+def test_a_training_run_is_tagged_with_its_provenance_and_logs_no_secret(
+    tiny_config, mlflow_uri: str, monkeypatch
+) -> None:
+    monkeypatch.setenv("TEXTCLF_TEST_TOKEN", "tok-0123456789abcdef")
+    cfg = tiny_config(
+        "trainer.max_epochs=1",
+        "data.mirrors=[https://alice:hunter2@mirror.example.org/20news.tar.gz]",
+        "tracking.run_name=tok-0123456789abcdef",
+    )
+    download(cfg.data, cfg.paths.raw, progress=False)  # data.url is a local path: no mirror used
+    preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+    summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+
+    run = MlflowClient(mlflow_uri).get_run(summary["run_id"])
+    tags = run.data.tags
+    assert tags["git_dirty"] in ("true", "false", "unknown")
+    for tag, distribution in {
+        "version.torch": "torch",
+        "version.lightning": "lightning",
+        "version.torchmetrics": "torchmetrics",
+        "version.mlflow": "mlflow",
+        "version.hydra-core": "hydra-core",
+        "version.dvc": "dvc",
+    }.items():
+        assert tags[tag] == metadata.version(distribution)
+    assert tags["version.python"] == platform.python_version()
+    assert tags["platform"] == platform.platform()
+    assert tags["device"] == "cpu"  # trainer=cpu
+    assert len(tags["data_hash"]) == 64 and "mlflow.source.git.commit" in tags
+
+    params = run.data.params
+    assert params["data.mirrors"] == f"['https://{MASK}@mirror.example.org/20news.tar.gz']"
+    assert params["tracking.run_name"] == MASK
+    assert params["optimizer.lr"] == "0.05"  # the rest is logged as is
+    logged = repr(params)
+    assert "hunter2" not in logged and "tok-0123456789abcdef" not in logged
