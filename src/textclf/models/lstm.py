@@ -1,10 +1,15 @@
-"""Bidirectional LSTM over word embeddings, max-pooled over the real (unpadded) time steps."""
+"""Bidirectional LSTM over word embeddings, pooled over the real (unpadded) time steps.
+
+``pooling: max_mean`` concatenates max- and mean-pooling ("concat pooling", Howard & Ruder
+2018): the mean path gives every step a gradient, so the model learns faster than max alone."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from typing import Literal
 
 from textclf.config import Fraction, PositiveInt
 from textclf.data.encoded import PAD_ID
@@ -22,9 +27,11 @@ class LSTMClassifier(nn.Module):
         bidirectional: bool,
         dropout: Fraction,
         sparse: bool,
+        pooling: Literal["max", "max_mean"],
         max_len: PositiveInt | None,
     ) -> None:
         super().__init__()
+        self.pooling = pooling
         self.max_len = max_len  # read by the data module: tokens kept per document
         # sparse=True: only the rows of words in the batch get gradients (stepped by SparseAdam).
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID, sparse=sparse)
@@ -37,7 +44,8 @@ class LSTMClassifier(nn.Module):
             dropout=dropout if num_layers > 1 else 0.0,
         )
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden_dim * (2 if bidirectional else 1), num_classes)
+        features = hidden_dim * (2 if bidirectional else 1) * (2 if pooling == "max_mean" else 1)
+        self.classifier = nn.Linear(features, num_classes)
 
     def forward(self, tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens (T,), offsets (B,), lengths (B,) -> logits (B, num_classes)"""
@@ -48,4 +56,8 @@ class LSTMClassifier(nn.Module):
         output, _ = self.lstm(packed)
         hidden, _ = pad_packed_sequence(output, batch_first=True, padding_value=float("-inf"))
         pooled = hidden.max(dim=1).values  # (B, H): padded steps are -inf, so never chosen
+        if self.pooling == "max_mean":
+            real = torch.isfinite(hidden[..., :1])  # (B, L, 1) False at padded steps
+            mean = torch.where(real, hidden, 0.0).sum(1) / real.sum(1).clamp(min=1)  # (B, H)
+            pooled = torch.cat([pooled, mean], dim=1)  # (B, 2H)
         return self.classifier(self.dropout(pooled))
