@@ -14,7 +14,7 @@ STAMP   := $(VENV)/.installed
 # Stage commands in dvc.yaml call `python -m textclf...`: make that the venv's python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast params clean
+.PHONY: setup repro test test-fast params mlflow-server mlflow-server-stop clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable ".[dev]"
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable ".[dev,server]"
 	touch $@
 
 repro: setup
@@ -37,6 +37,14 @@ test-fast: setup
 # Rewrites params.yaml from conf/ (what `dvc exp run` does before every experiment).
 params: setup
 	$(BIN)/python -m textclf.params params.yaml
+
+# MLflow tracking server on PostgreSQL, 127.0.0.1 only (state in .mlflow-server/); prints the
+# tracking URI: export MLFLOW_TRACKING_URI=$$(cat .mlflow-server/uri)
+mlflow-server: setup
+	scripts/mlflow_server.sh start
+
+mlflow-server-stop:
+	scripts/mlflow_server.sh stop
 
 clean:
 	rm -rf $(VENV) .pytest_cache

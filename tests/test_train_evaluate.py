@@ -51,6 +51,11 @@ def test_train_then_evaluate_fills_one_mlflow_run(prepared, mlflow_uri: str) -> 
     assert sum(row["support"] for row in per_class.values()) == 18
     assert (cfg.paths.reports / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     assert len((cfg.paths.reports / "confusion.csv").read_text().splitlines()) == 1 + 18
+    f1_rows = (cfg.paths.reports / "per_class_f1.csv").read_text().splitlines()
+    assert f1_rows[0] == "class,f1"
+    assert {row.split(",")[0]: float(row.split(",")[1]) for row in f1_rows[1:]} == {
+        name: row["f1"] for name, row in per_class.items()
+    }
 
     client = MlflowClient(mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
@@ -72,6 +77,7 @@ def test_train_then_evaluate_fills_one_mlflow_run(prepared, mlflow_uri: str) -> 
     assert artifacts == {
         "checkpoint/model.ckpt", "checkpoint/config.yaml", "checkpoint/vocab.txt",
         "evaluation/metrics.json", "evaluation/per_class.json", "evaluation/confusion.png",
+        "evaluation/per_class_f1.png", "evaluation/training_curves.png",
     }
 
 
@@ -103,20 +109,3 @@ def test_train_without_processed_data_names_it(tiny_config, mlflow_uri: str, tmp
     with pytest.raises(TextclfError, match="processed data not found"):
         train(cfg, tmp_path / "missing", cfg.paths.models, cfg.paths.reports)
     assert not cfg.paths.models.exists()
-
-
-def test_the_comparison_notebook_runs_against_a_store(prepared, mlflow_uri: str, monkeypatch) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    cfg = prepared()
-    train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
-    evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
-    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "compare_runs.ipynb").read_text())
-    namespace: dict = {}
-    monkeypatch.chdir(cfg.paths.models.parent)
-    for cell in notebook["cells"]:
-        if cell["cell_type"] == "code":
-            exec("".join(cell["source"]), namespace)  # noqa: S102 - our own notebook
-    assert len(namespace["table"]) == 1
-    assert namespace["table"]["tags.model"].tolist() == ["FastText"]

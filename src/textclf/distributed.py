@@ -11,6 +11,7 @@ so everything that only rank 0 may do (files, MLflow) happens after the Trainer 
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -79,13 +80,19 @@ def ddp_children_rerun_this_job() -> Iterator[None]:
     hydra_cfg = HydraConfig.get()
     # hydra.mode=MULTIRUN is how Hydra records -m; a child must be a single run.
     hydra_overrides = [o for o in hydra_cfg.overrides.hydra if not o.startswith("hydra.mode=")]
-    argv, run_dir = sys.argv, hydra_cfg.run.dir
+    argv, run_dir, main_module = sys.argv, hydra_cfg.run.dir, sys.modules["__main__"]
     sys.argv = [argv[0], *_config_location_args(argv[1:]), *hydra_overrides, *hydra_cfg.overrides.task]
     with read_write(hydra_cfg.run):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    spec = getattr(main_module, "__spec__", None)
+    if spec is not None and spec.name.split(".")[0] != __package__:
+        # A pool worker (the joblib launcher's loky processes): Lightning would re-run the
+        # pool's own __main__ (`python -m loky...`); name ours instead.
+        sys.modules["__main__"] = importlib.import_module(f"{__package__}.__main__")
     try:
         yield
     finally:
         sys.argv = argv
+        sys.modules["__main__"] = main_module
         with read_write(hydra_cfg.run):
             hydra_cfg.run.dir = run_dir

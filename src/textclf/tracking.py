@@ -9,9 +9,12 @@ import re
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 from urllib.parse import urlparse
 
 from textclf.config import TrackingConfig
@@ -19,6 +22,7 @@ from textclf.errors import TextclfError
 
 RUN_FILE = "mlflow_run.json"  # written by train into the models directory, read by evaluate
 DEFAULT_STORE = "mlflow.db"
+T = TypeVar("T")
 
 
 def project_root() -> Path:
@@ -34,7 +38,31 @@ def tracking_uri(cfg: TrackingConfig) -> str:
     """tracking.uri, else $MLFLOW_TRACKING_URI, else sqlite:///<repository root>/mlflow.db."""
     if cfg.uri is not None:
         return cfg.uri
+    return default_tracking_uri()
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else sqlite:///<repository root>/mlflow.db (for tools that take
+    no config, such as `python -m textclf.predict`)."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / DEFAULT_STORE}"
+
+
+@contextmanager
+def mlflow_tracking_uri(uri: str) -> Iterator[None]:
+    """Points MLflow's process-wide tracking URI at ``uri`` for the block, for the MLflow calls
+    that take no URI (logging, loading and registering models), then puts back both the
+    setting and $MLFLOW_TRACKING_URI as they were (MLflow's own reset would clear the variable)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils  # the explicitly set URI has no public getter
+
+    explicit, environ = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(explicit)  # None: unset, which also drops the variable
+        if environ is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = environ
 
 
 def default_artifact_location(uri: str) -> str | None:
@@ -45,22 +73,92 @@ def default_artifact_location(uri: str) -> str | None:
     return None
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for other stores."""
+    if not uri.startswith("sqlite:///") or uri.removeprefix("sqlite:///") in ("", ":memory:"):
+        return None
+    return Path(uri.removeprefix("sqlite:///"))
+
+
+def require_store(uri: str) -> str:
+    """``uri``, once a SQLite store is known to exist: tools that only read runs (predict,
+    compare) must not leave an empty database behind a mistyped path, as MLflow would."""
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise TextclfError(f"no MLflow store at {path} (train a model first, or set MLFLOW_TRACKING_URI)")
+    return uri
+
+
+STORE_LOCK_TIMEOUT_SECONDS = 300.0
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serializes, across processes, the first use of a SQLite store and experiment creation.
+
+    MLflow creates and migrates the tables of a new SQLite store when a client first opens it,
+    without any lock: two parallel jobs (joblib launcher, `dvc queue start -j 2`, DDP ranks)
+    opening a fresh store both migrate it and one of them crashes. The lock file sits beside
+    the database (``mlflow.db-lock``). Other stores (servers, PostgreSQL) need no lock."""
+    from filelock import FileLock
+
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    with FileLock(f"{path}-lock", timeout=STORE_LOCK_TIMEOUT_SECONDS):
+        yield
+
+
+LOCKED_RETRIES = 8  # waits 0.25 s, 0.5 s, ... 32 s: about a minute in all
+
+
+def retry_if_locked(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)``, retried with exponential backoff while SQLite says "database
+    is locked". MLflow already waits up to 20 s for a lock (busy_timeout), but SQLite returns
+    "locked" at once when waiting could deadlock, and a loaded machine can exceed the wait.
+    A failed write is rolled back, so repeating it cannot log anything twice."""
+    for attempt in range(LOCKED_RETRIES + 1):
+        try:
+            return call(*args, **kwargs)
+        except Exception as error:  # MlflowException, sqlalchemy's or sqlite3's OperationalError
+            if "database is locked" not in str(error) or attempt == LOCKED_RETRIES:
+                raise
+            time.sleep(0.25 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _use_wal(database: Path) -> None:
+    """Write-ahead logging: readers (the MLflow UI, a search) no longer block the writer and
+    parallel jobs wait less for each other. The mode is stored in the database file."""
+    import sqlite3
+
+    with closing(sqlite3.connect(database, timeout=60)) as connection:
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            connection.execute("PRAGMA journal_mode=WAL")
+
+
 def ensure_experiment(uri: str, name: str) -> str:
-    """Returns the id of experiment ``name``, creating it (safe against a concurrent creator)."""
+    """Returns the id of experiment ``name``, creating it; opens (and so creates) a SQLite store
+    under ``store_lock`` first, so parallel jobs can share one store."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=default_artifact_location(uri))
-    except MlflowException:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    with store_lock(uri):
+        client = retry_if_locked(MlflowClient, tracking_uri=uri)  # creates the tables of a new store
+        database = sqlite_path(uri)
+        if database is not None:
+            _use_wal(database)
+        experiment = retry_if_locked(client.get_experiment_by_name, name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=default_artifact_location(uri))
+        except MlflowException:  # created meanwhile by a process that does not take the lock
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
 
 def git_commit(root: Path | None = None) -> str | None:

@@ -1,8 +1,9 @@
 """Stage 4: score the best checkpoint on the test split; the only stage that reads test labels.
 
 Writes ``<paths.reports>/``: metrics.json (DVC metrics), per_class.json, confusion.csv
-(DVC confusion plot) and confusion.png; adds the test metrics and reports to the MLflow run
-that trained the checkpoint.
+(DVC confusion plot), per_class_f1.csv (DVC bar plot) and confusion.png; adds the test
+metrics and reports to the MLflow run that trained the checkpoint, with PNGs of the
+per-class F1 and of the learning curves (from training_curves.csv).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import pickle
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
@@ -32,11 +34,17 @@ from textclf.data.datamodule import TextDataModule
 from textclf.errors import TextclfError
 from textclf.models.classifier import TextClassifier
 from textclf.stages.cli import run_stage
-from textclf.stages.train import CHECKPOINT_NAME
+from textclf.stages.train import CHECKPOINT_NAME, CURVES_FILE
 from textclf.tracking import ensure_experiment, read_run_reference, tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 METRICS_FILE, PER_CLASS_FILE = "metrics.json", "per_class.json"
 CONFUSION_CSV, CONFUSION_PNG = "confusion.csv", "confusion.png"
+PER_CLASS_F1_CSV = "per_class_f1.csv"  # class,f1: the DVC bar plot
+# Logged to MLflow only (evaluation/), drawn from the reports.
+PER_CLASS_F1_PNG, CURVES_PNG = "per_class_f1.png", "training_curves.png"
 
 
 def test_metrics(num_classes: int) -> MetricCollection:
@@ -144,11 +152,34 @@ def evaluate(cfg: Config, processed: Path, models_dir: Path, reports_dir: Path) 
     # Everything is computed before the first write, and each file is renamed into place.
     write_json(reports_dir / PER_CLASS_FILE, per_class)
     write_text(reports_dir / CONFUSION_CSV, rows.getvalue())
+    write_text(reports_dir / PER_CLASS_F1_CSV, per_class_f1_csv(per_class))
     with staged_file(reports_dir / CONFUSION_PNG) as handle:
         handle.write(png)
     write_json(reports_dir / METRICS_FILE, metrics)
     log_to_run(cfg, models_dir, metrics, reports_dir)
     return metrics
+
+
+def per_class_f1_csv(per_class: dict[str, dict[str, float]]) -> str:
+    """per_class.json -> ``class,f1`` rows, in label order (the DVC bar plot's data)."""
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["class", "f1"])
+    writer.writerows((name, row["f1"]) for name, row in per_class.items())
+    return rows.getvalue()
+
+
+def log_figures(client: MlflowClient, run_id: str, reports_dir: Path, f1_macro: float) -> None:
+    """Logs PNGs of the per-class F1 and, when train wrote training_curves.csv beside the
+    reports, of the learning curves, to ``evaluation/`` of run ``run_id``."""
+    from textclf import plots
+
+    per_class = json.loads((reports_dir / PER_CLASS_FILE).read_text(encoding="utf-8"))
+    client.log_figure(run_id, plots.per_class_f1(per_class, f1_macro), f"evaluation/{PER_CLASS_F1_PNG}")
+    curves = reports_dir / CURVES_FILE
+    if curves.is_file():
+        figure = plots.learning_curves(curves.read_text(encoding="utf-8"))
+        client.log_figure(run_id, figure, f"evaluation/{CURVES_PNG}")
 
 
 def log_to_run(cfg: Config, models_dir: Path, metrics: dict[str, float], reports_dir: Path) -> None:
@@ -174,6 +205,7 @@ def log_to_run(cfg: Config, models_dir: Path, metrics: dict[str, float], reports
     )
     for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG):
         client.log_artifact(run_id, str(reports_dir / name), artifact_path="evaluation")
+    log_figures(client, run_id, reports_dir, metrics["f1_macro"])
     status = client.get_run(run_id).info.status
     if status == "RUNNING":
         client.set_terminated(run_id)

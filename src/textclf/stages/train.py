@@ -20,7 +20,6 @@ import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
-from lightning.pytorch.utilities import rank_zero_only
 
 from textclf.atomic import write_text
 from textclf.config import Config, flatten, load_params, to_dict
@@ -159,6 +158,9 @@ def train(
         write_run_reference(staging, logger.run_id, experiment_id)
         for name in (best.name, "config.yaml", VOCAB_FILE):
             logger.experiment.log_artifact(logger.run_id, str(staging / name), artifact_path="checkpoint")
+        from textclf.serving import log_model  # here: it imports mlflow.pyfunc (about a second)
+
+        log_model(uri, logger.run_id, best, processed, resolved)  # the shippable pyfunc: runs:/<id>/model
         write_text(reports_dir / CURVES_FILE, history.to_csv())
         if models_dir.exists():
             shutil.rmtree(models_dir)

@@ -1,0 +1,61 @@
+"""Figures that evaluate logs to MLflow: learning curves and test F1 per class.
+
+Each function takes what the stages already wrote (training_curves.csv, per_class.json) and
+returns a matplotlib Figure, built without pyplot: no backend is chosen, no global figure
+state is kept (nothing to close), and ``fig.savefig`` renders it headless.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+
+def _column(rows: list[dict[str, str]], name: str) -> tuple[list[float], list[float]]:
+    """(epochs, values) of the rows where ``name`` was recorded (blank cells are skipped)."""
+    kept = [(float(row["epoch"]), float(row[name])) for row in rows if row.get(name) not in (None, "")]
+    return [epoch for epoch, _ in kept], [value for _, value in kept]
+
+
+def learning_curves(curves_csv: str) -> Figure:
+    """training_curves.csv text (epoch, step, train_loss, val_loss, val_accuracy, val_f1_macro)
+    -> two panels: the losses, and the validation accuracy and macro-F1, per epoch."""
+    rows = list(csv.DictReader(io.StringIO(curves_csv)))
+    fig = Figure(figsize=(10, 4), dpi=100)
+    losses, scores = fig.subplots(1, 2)
+    for name, label in (("train_loss", "train"), ("val_loss", "validation")):
+        losses.plot(*_column(rows, name), marker="o", label=label)
+    for name, label in (("val_accuracy", "accuracy"), ("val_f1_macro", "macro-F1")):
+        scores.plot(*_column(rows, name), marker="o", label=label)
+    losses.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
+    scores.set(title="Validation", xlabel="epoch", ylabel="score", ylim=(0.0, 1.0))
+    for ax in (losses, scores):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def per_class_f1(per_class: dict[str, dict[str, Any]], f1_macro: float | None = None) -> Figure:
+    """per_class.json ({class: {"f1": ..., ...}}) -> horizontal bars, worst class at the top,
+    and the macro-F1 (if given) as a dashed line."""
+    ranked = sorted(per_class.items(), key=lambda item: item[1]["f1"], reverse=True)
+    names = [name for name, _ in ranked]
+    scores = [float(row["f1"]) for _, row in ranked]
+    fig = Figure(figsize=(7, max(2.5, 0.3 * len(names) + 1)), dpi=100)  # ~0.3 inch per class
+    ax = fig.subplots()
+    bars = ax.barh(names, scores, color="tab:blue")
+    ax.bar_label(bars, fmt="%.3f", padding=2, fontsize=8)
+    title = "Test F1 per class"
+    if f1_macro is not None:  # named in the title: a legend would cover bars
+        ax.axvline(f1_macro, color="tab:red", linestyle="--")
+        title += f" (dashed: macro-F1 {f1_macro:.3f})"
+    ax.set(title=title, xlabel="F1", xlim=(0.0, 1.1))
+    ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    return fig

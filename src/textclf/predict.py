@@ -1,0 +1,157 @@
+"""Classify texts with a logged model, and register a run's model as the champion.
+
+  python -m textclf.predict --run-id ID "first text" "second text"
+  python -m textclf.predict --model-uri models:/textclf@champion --file texts.txt --json
+  cat texts.txt | python -m textclf.predict --run-id ID           (one text per line)
+  python -m textclf.predict --register --run-id ID [--name textclf] [--alias champion]
+
+Models come from the MLflow store at --tracking-uri, else $MLFLOW_TRACKING_URI, else the
+repository's mlflow.db. Prints one line per text: label, its probability, the text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Iterable, TextIO
+
+import pandas as pd
+
+from textclf.errors import TextclfError
+from textclf.serving import LABEL_COLUMN, MODEL_NAME, TEXT_COLUMN
+from textclf.stages.cli import run_stage
+from textclf.tracking import default_tracking_uri, mlflow_tracking_uri, require_store
+
+REGISTERED_NAME, CHAMPION = "textclf", "champion"
+PROBABILITY_COLUMN = "probability"  # of the predicted label
+SHOWN_CHARS = 70  # of each text, in the plain output
+
+
+def run_model_uri(run_id: str) -> str:
+    return f"runs:/{run_id}/{MODEL_NAME}"
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_model(model_uri: str, tracking_uri: str):  # noqa: ANN201 - mlflow.pyfunc.PyFuncModel
+    """Loads ``runs:/<id>/model``, ``models:/<name>@<alias>``, ``models:/<name>/<version>``
+    or a local model directory; a missing run, model or alias is one TextclfError."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with mlflow_tracking_uri(require_store(tracking_uri)):
+            return mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as error:
+        raise TextclfError(f"cannot load model {model_uri} from {tracking_uri}: {_reason(error)}") from error
+
+
+def predict(model_uri: str, texts: list[str], tracking_uri: str) -> pd.DataFrame:
+    """-> one row per text: ``label``, ``probability`` (of that label), then one probability
+    column per class."""
+    if not texts:
+        raise TextclfError("no texts to classify (give them as arguments, with --file, or on stdin)")
+    model = load_model(model_uri, tracking_uri)
+    frame = model.predict(pd.DataFrame({TEXT_COLUMN: texts}))
+    classes = [column for column in frame.columns if column != LABEL_COLUMN]
+    frame.insert(1, PROBABILITY_COLUMN, frame[classes].max(axis=1))
+    return frame
+
+
+def register(run_id: str, tracking_uri: str, name: str = REGISTERED_NAME, alias: str | None = CHAMPION) -> int:
+    """Registers the model run ``run_id`` logged as a new version of ``name`` and points
+    ``alias`` at it; returns the version number."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with mlflow_tracking_uri(require_store(tracking_uri)):
+            version = mlflow.register_model(run_model_uri(run_id), name).version
+        if alias is not None:
+            MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version)
+    except MlflowException as error:
+        raise TextclfError(f"cannot register the model of run {run_id} as {name}: {_reason(error)}") from error
+    return int(version)
+
+
+def read_texts(texts: list[str], file: Path | None, stdin: TextIO) -> list[str]:
+    """Texts given as arguments, else one per non-empty line of ``file``, else of stdin."""
+    if texts and file is not None:
+        raise TextclfError("give texts either as arguments or with --file, not both")
+    if texts:
+        return texts
+    if file is not None:
+        if not file.is_file():
+            raise TextclfError(f"{file}: no such file")
+        lines: Iterable[str] = file.read_text(encoding="utf-8").splitlines()
+    else:
+        lines = stdin.read().splitlines()
+    return [line for line in lines if line.strip()]
+
+
+def format_plain(frame: pd.DataFrame, texts: list[str]) -> str:
+    """One line per text: label, probability, then the text (shortened)."""
+    width = max(len(label) for label in frame[LABEL_COLUMN])
+    lines = []
+    for text, label, probability in zip(texts, frame[LABEL_COLUMN], frame[PROBABILITY_COLUMN]):
+        shown = " ".join(text.split())
+        shown = shown if len(shown) <= SHOWN_CHARS else shown[: SHOWN_CHARS - 1] + "…"
+        lines.append(f"{label:<{width}}  {probability:.3f}  {shown}")
+    return "\n".join(lines)
+
+
+def format_json(frame: pd.DataFrame, texts: list[str]) -> str:
+    """A JSON list: text, label, probability and every class's probability, per text."""
+    classes = [c for c in frame.columns if c not in (LABEL_COLUMN, PROBABILITY_COLUMN)]
+    rows = [
+        {
+            "text": text,
+            "label": row[LABEL_COLUMN],
+            "probability": float(row[PROBABILITY_COLUMN]),
+            "probabilities": {name: float(row[name]) for name in classes},
+        }
+        for text, (_, row) in zip(texts, frame.iterrows())
+    ]
+    return json.dumps(rows, indent=2, ensure_ascii=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m textclf.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-id", help="use the model logged by this training run")
+    source.add_argument("--model-uri", help="any MLflow model URI, e.g. models:/textclf@champion")
+    parser.add_argument("texts", nargs="*", help="texts to classify (default: --file, else stdin)")
+    parser.add_argument("--file", type=Path, help="read texts from this file, one per line")
+    parser.add_argument("--json", action="store_true", help="print JSON with every class's probability")
+    parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    parser.add_argument("--register", action="store_true", help="register the run's model instead of predicting")
+    parser.add_argument("--name", default=REGISTERED_NAME, help="registered model name (default: %(default)s)")
+    parser.add_argument("--alias", default=CHAMPION, help="alias for the new version (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.register and (args.run_id is None or args.texts or args.file):
+        parser.error("--register takes --run-id and no texts")
+
+    def command() -> None:
+        uri = args.tracking_uri or default_tracking_uri()
+        if args.register:
+            version = register(args.run_id, uri, args.name, args.alias)
+            print(f"registered {run_model_uri(args.run_id)} as {args.name} version {version}; "
+                  f"use models:/{args.name}@{args.alias}")
+            return
+        texts = read_texts(args.texts, args.file, sys.stdin)
+        frame = predict(args.model_uri or run_model_uri(args.run_id), texts, uri)
+        print(format_json(frame, texts) if args.json else format_plain(frame, texts))
+
+    run_stage("predict", command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""The model as shipped: an MLflow pyfunc that takes raw text and returns labels and probabilities.
+
+Each training logs one under the artifact name ``model``; it loads anywhere MLflow does
+(``mlflow.pyfunc.load_model("runs:/<id>/model")``, ``models:/textclf@champion``,
+``mlflow models serve``) without the processed data or this repository:
+
+  artifacts/checkpoint.ckpt  the best checkpoint (weights + hyperparameters; loaded weights-only)
+  artifacts/tokenizer.json   data.remove, data.lowercase, data.token_pattern (as preprocess used them)
+  artifacts/vocab.txt        one word per line; line i is token id i (0 <pad>, 1 <unk>)
+  artifacts/labels.json      class names; index i is class i
+  artifacts/config.yaml      the resolved config that trained it (secrets masked, as in the run's params)
+  code/textclf/              this package, so the model runs the code it was trained with
+
+Requirements are pinned explicitly to the versions installed here: MLflow's requirement
+inference would reload the model and may reach for the network.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import torch
+import yaml
+
+from textclf.config import flatten
+from textclf.data.datamodule import BatchedSplit
+from textclf.data.encoded import LABELS_FILE, UNK_ID, VOCAB_FILE, EncodedSplit, read_labels
+from textclf.data.text import Tokenizer, clean
+from textclf.errors import TextclfError
+from textclf.tracking import mask_userinfo, mlflow_tracking_uri, redact_secrets, retry_if_locked
+
+MODEL_NAME = "model"  # artifact name: runs:/<run id>/model
+TEXT_COLUMN, LABEL_COLUMN = "text", "label"
+TOKENIZER_FILE, CONFIG_FILE, CHECKPOINT_FILE = "tokenizer.json", "config.yaml", "checkpoint.ckpt"
+TOKENIZER_KEYS = ("remove", "lowercase", "token_pattern")
+BATCH_SIZE = 256  # documents per forward pass
+# What the bundled code imports at prediction time (distribution names).
+REQUIREMENTS = (
+    "mlflow", "cloudpickle", "torch", "lightning", "torchmetrics", "hydra-core", "omegaconf",
+    "pydantic", "pyyaml", "pandas", "numpy",
+)
+EXAMPLE_TEXTS = ["An example message to classify.", "Another one, with more words than the first."]
+
+
+def texts_of(model_input: Any) -> list[str]:
+    """A DataFrame with a ``text`` column, a Series, or a list of strings -> list of strings."""
+    if isinstance(model_input, pd.DataFrame):
+        if TEXT_COLUMN not in model_input.columns:
+            raise TextclfError(
+                f"model input: expected a '{TEXT_COLUMN}' column (got columns {list(model_input.columns)})"
+            )
+        model_input = model_input[TEXT_COLUMN]
+    if isinstance(model_input, str):
+        model_input = [model_input]
+    texts = list(model_input)
+    bad = next((text for text in texts if not isinstance(text, str)), None)
+    if bad is not None:
+        raise TextclfError(f"model input: every text must be a string (got {type(bad).__name__}: {bad!r:.60})")
+    return texts
+
+
+class TextclfModel(mlflow.pyfunc.PythonModel):
+    """Raw text -> the same tokens preprocess made -> the trained classifier -> probabilities.
+
+    Holds no state when pickled; ``load_context`` rebuilds everything from the artifacts."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        from textclf.stages.evaluate import load_checkpoint  # weights_only=True: refuses pickled code
+
+        artifacts = {name: Path(path) for name, path in context.artifacts.items()}
+        settings = json.loads(artifacts["tokenizer"].read_text(encoding="utf-8"))
+        self.remove = settings["remove"]
+        self.tokenizer = Tokenizer(settings["token_pattern"], settings["lowercase"])
+        vocabulary = artifacts["vocab"].read_text(encoding="utf-8").split("\n")[:-1]
+        self.index = {word: i for i, word in enumerate(vocabulary)}
+        self.labels: list[str] = json.loads(artifacts["labels"].read_text(encoding="utf-8"))
+        self.module = load_checkpoint(artifacts["checkpoint"]).eval()
+        self.max_len = self.module.hparams.model.get("max_len")  # tokens kept per document, as in training
+
+    def encode(self, texts: list[str]) -> EncodedSplit:
+        ids = [
+            [self.index.get(token, UNK_ID) for token in self.tokenizer(clean(text, self.remove))]
+            for text in texts
+        ]
+        return EncodedSplit.from_token_ids(ids, [0] * len(ids))  # labels unused
+
+    @torch.inference_mode()
+    def probabilities(self, texts: list[str]) -> torch.Tensor:
+        """-> (N, C) float32 softmax over the classes, in batches of BATCH_SIZE documents."""
+        split = BatchedSplit(self.encode(texts), self.max_len)
+        chunks = [torch.zeros(0, len(self.labels))]
+        for start in range(0, len(texts), BATCH_SIZE):
+            batch = split[list(range(start, min(start + BATCH_SIZE, len(texts))))]
+            logits = self.module(batch["tokens"], batch["offsets"], batch["lengths"])  # (B, C)
+            chunks.append(logits.float().softmax(dim=1))
+        return torch.cat(chunks)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """DataFrame with a ``text`` column -> DataFrame: ``label`` (the most probable class),
+        then one probability column per class (float64, rows sum to 1). Called directly, it
+        also takes a list of strings. (MLflow infers no schema from a DataFrame hint, so the
+        logged signature is the one that is enforced.)"""
+        probabilities = self.probabilities(texts_of(model_input))
+        frame = pd.DataFrame(probabilities.double().numpy(), columns=self.labels)
+        frame.insert(0, LABEL_COLUMN, [self.labels[i] for i in probabilities.argmax(dim=1).tolist()])
+        return frame
+
+
+def signature(labels: list[str]) -> mlflow.models.ModelSignature:
+    from mlflow.types import ColSpec, Schema
+
+    return mlflow.models.ModelSignature(
+        inputs=Schema([ColSpec("string", TEXT_COLUMN)]),
+        outputs=Schema([ColSpec("string", LABEL_COLUMN), *(ColSpec("double", name) for name in labels)]),
+    )
+
+
+def shareable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with secrets masked (URL passwords, token-like keys; see redact_secrets):
+    a shipped model travels further than the run it came from."""
+    nested: dict[str, Any] = {}
+    for key, value in redact_secrets(flatten(config)).items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return nested
+
+
+def pip_requirements() -> list[str]:
+    """``name==version`` of every runtime dependency, as installed here (local tags such as
+    torch's ``+cpu`` dropped, so any build of that release satisfies it)."""
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
+
+
+def pack(staging: Path, checkpoint: Path, processed: Path, config: dict[str, Any]) -> dict[str, str]:
+    """Writes the model's files into ``staging``; returns {artifact name: path} for MLflow."""
+    files = {
+        "checkpoint": CHECKPOINT_FILE, "tokenizer": TOKENIZER_FILE, "vocab": VOCAB_FILE,
+        "labels": LABELS_FILE, "config": CONFIG_FILE,
+    }
+    tokenizer = {key: config["data"][key] for key in TOKENIZER_KEYS}
+    (staging / TOKENIZER_FILE).write_text(json.dumps(tokenizer, indent=2) + "\n", encoding="utf-8")
+    (staging / CONFIG_FILE).write_text(yaml.safe_dump(shareable_config(config), sort_keys=False), encoding="utf-8")
+    shutil.copyfile(processed / LABELS_FILE, staging / LABELS_FILE)
+    shutil.copyfile(processed / VOCAB_FILE, staging / VOCAB_FILE)
+    shutil.copyfile(checkpoint, staging / CHECKPOINT_FILE)
+    return {name: str(staging / file) for name, file in files.items()}
+
+
+def log_model(uri: str, run_id: str, checkpoint: Path, processed: Path, config: dict[str, Any]) -> str:
+    """Logs the pyfunc model to run ``run_id`` as ``model``; returns its URI (runs:/<id>/model).
+
+    ``checkpoint`` is the best checkpoint, ``processed`` the directory holding the vocabulary
+    and labels it was trained on, ``config`` the resolved config (its ``data`` section holds
+    the tokenizer settings)."""
+    from mlflow.exceptions import MlflowException
+
+    labels = read_labels(processed)
+    if LABEL_COLUMN in labels:
+        raise TextclfError(f"a class is named '{LABEL_COLUMN}', which clashes with the prediction column")
+    package = Path(__file__).resolve().parent
+    with tempfile.TemporaryDirectory(prefix="textclf-model-") as tmp:
+        artifacts = pack(Path(tmp), checkpoint, processed, config)
+        code = Path(tmp) / "code" / package.name  # the package, without bytecode caches
+        shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        try:
+            with mlflow_tracking_uri(uri):  # model logging reads MLflow's process-wide tracking URI
+                run = mlflow.MlflowClient(uri).get_run(run_id)
+                # Created here, in the run's experiment: left to itself MLflow files a model logged
+                # outside an active run under the default experiment, where runs:/ cannot find it.
+                model = retry_if_locked(  # one write, so safe to repeat (parallel jobs, one store)
+                    mlflow.initialize_logged_model,
+                    name=MODEL_NAME,
+                    source_run_id=run_id,
+                    params=run.data.params,
+                    experiment_id=run.info.experiment_id,
+                )
+                # Model.log rather than pyfunc.log_model: it takes the run explicitly, so the run
+                # Lightning opened is neither made the active run nor ended here.
+                mlflow.models.Model.log(
+                    artifact_path=None,
+                    name=MODEL_NAME,
+                    flavor=mlflow.pyfunc,
+                    run_id=run_id,
+                    model_id=model.model_id,
+                    python_model=TextclfModel(),
+                    artifacts=artifacts,
+                    code_paths=[str(code)],
+                    signature=signature(labels),
+                    input_example=pd.DataFrame({TEXT_COLUMN: EXAMPLE_TEXTS}),
+                    pip_requirements=pip_requirements(),
+                )
+        except MlflowException as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise TextclfError(f"cannot log the model to run {run_id} in {mask_userinfo(uri)}: {reason}") from error
+    return f"runs:/{run_id}/{MODEL_NAME}"

@@ -1,0 +1,173 @@
+"""The shipped model: the pyfunc each training logs, loaded in-process and served over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+
+from textclf.errors import TextclfError
+from textclf.serving import TextclfModel, texts_of
+from textclf.tracking import mlflow_tracking_uri
+
+from conftest import subprocess_env
+from tiny_run import LABELS, TEXTS, tiny_run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_archive) -> tuple[str, str]:
+    """(tracking URI, run id) of one tiny training, shared by this module's tests."""
+    run = tiny_run(tmp_path_factory.mktemp("trained"), *tiny_archive)
+    return run.uri, run.run_id
+
+
+def load(uri: str, model_uri: str) -> mlflow.pyfunc.PyFuncModel:
+    with mlflow_tracking_uri(uri):
+        return mlflow.pyfunc.load_model(model_uri)
+
+
+def test_the_logged_model_loads_and_predicts_the_right_groups(trained) -> None:
+    uri, run_id = trained
+    model = load(uri, f"runs:/{run_id}/model")
+    frame = model.predict(pd.DataFrame({"text": list(TEXTS.values())}))
+    assert list(frame.columns) == ["label", *LABELS]
+    assert frame["label"].tolist() == list(TEXTS)
+    probabilities = frame[LABELS].to_numpy()
+    assert probabilities.min() >= 0.0 and probabilities.sum(axis=1) == pytest.approx([1.0] * 3, abs=1e-5)
+    assert (probabilities.argmax(axis=1) == [LABELS.index(g) for g in TEXTS]).all()
+    # The signature names the column, so MLflow's wrapper wants a DataFrame (or a Series named
+    # "text"); the model itself also takes a plain list of strings.
+    named = model.predict(pd.Series(list(TEXTS.values()), name="text"))
+    assert named["label"].tolist() == list(TEXTS)
+    listed = model.unwrap_python_model().predict(None, list(TEXTS.values()))
+    assert listed.equals(frame)
+    assert model.metadata.signature.inputs.input_names() == ["text"]
+
+
+def test_the_model_packs_what_it_needs_and_pins_its_requirements(trained, tmp_path: Path) -> None:
+    uri, run_id = trained
+    with mlflow_tracking_uri(uri):
+        local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
+    artifacts = {p.name for p in (local / "artifacts").iterdir()}
+    assert artifacts == {"checkpoint.ckpt", "tokenizer.json", "vocab.txt", "labels.json", "config.yaml"}
+    assert json.loads((local / "artifacts" / "labels.json").read_text()) == LABELS
+    tokenizer = json.loads((local / "artifacts" / "tokenizer.json").read_text())
+    assert set(tokenizer) == {"remove", "lowercase", "token_pattern"}
+    assert (local / "code" / "textclf" / "serving.py").is_file()
+    assert not list((local / "code").rglob("__pycache__"))
+    requirements = (local / "requirements.txt").read_text().split()
+    assert all("==" in line for line in requirements)
+    assert {line.split("==")[0] for line in requirements} >= {"mlflow", "torch", "lightning", "pandas"}
+    assert (local / "serving_input_example.json").is_file()
+
+
+def test_bad_input_is_named_in_one_line() -> None:
+    with pytest.raises(TextclfError, match="expected a 'text' column"):
+        texts_of(pd.DataFrame({"body": ["x"]}))
+    with pytest.raises(TextclfError, match="must be a string"):
+        texts_of([3])
+    assert texts_of("one text") == ["one text"]
+
+
+class _Context:
+    def __init__(self, artifacts: dict[str, str]) -> None:
+        self.artifacts = artifacts
+
+
+def test_a_tampered_checkpoint_is_refused_when_the_model_loads(trained, tmp_path: Path) -> None:
+    uri, run_id = trained
+    with mlflow_tracking_uri(uri):
+        local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
+    artifacts = {name: str(local / "artifacts" / file) for name, file in (
+        ("tokenizer", "tokenizer.json"), ("vocab", "vocab.txt"), ("labels", "labels.json"),
+        ("checkpoint", "checkpoint.ckpt"), ("config", "config.yaml"))}
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": _RunsCode(marker)}, artifacts["checkpoint"])
+    with pytest.raises(TextclfError, match="refusing to load"):
+        TextclfModel().load_context(_Context(artifacts))
+    assert not marker.exists()
+
+
+class _RunsCode:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (os.mkdir, (str(self.marker),))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+SERVER_START_TIMEOUT_SECONDS = 180.0
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_with_labels_and_probabilities(trained, tmp_path: Path) -> None:
+    uri, run_id = trained
+    port = free_port()
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [str(mlflow_cli), "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=subprocess_env(MLFLOW_TRACKING_URI=uri), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the CLI runs the web server as a child
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_SECONDS
+        while True:
+            assert server.poll() is None, f"server exited:\n{(tmp_path / 'server.log').read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, "server did not answer /ping in time"
+            time.sleep(0.5)
+        body = json.dumps({"dataframe_records": [{"text": text} for text in TEXTS.values()]})
+        request = urllib.request.Request(
+            f"{base}/invocations", data=body.encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.loads(response.read())["predictions"]
+        assert [row["label"] for row in predictions] == list(TEXTS)
+        for row in predictions:
+            assert sum(row[label] for label in LABELS) == pytest.approx(1.0, abs=1e-5)
+            assert row[row["label"]] == max(row[label] for label in LABELS)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the group of the process started above, only
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+def test_the_shipped_config_masks_secrets() -> None:
+    from textclf.serving import shareable_config
+
+    config = {"data": {"url": "https://user:hunter2@example.org/a.tar.gz", "min_freq": 1},
+              "tracking": {"uri": None, "auth_token": "abc"}}
+    assert shareable_config(config) == {
+        "data": {"url": "https://***@example.org/a.tar.gz", "min_freq": 1},
+        "tracking": {"uri": None, "auth_token": "***"},
+    }
