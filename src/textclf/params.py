@@ -22,10 +22,13 @@ def conf_dir(root: str | Path | None = None) -> Path:
     return (Path(root) if root is not None else Path.cwd()).resolve() / "conf"
 
 
-def compose(overrides: list[str] | None = None, root: str | Path | None = None) -> DictConfig:
-    """The resolved config for ``overrides`` (Hydra override syntax: model=lstm, a.b=1)."""
+def compose(
+    overrides: list[str] | None = None, root: str | Path | None = None, config_name: str = CONFIG_NAME
+) -> DictConfig:
+    """The resolved config for ``overrides`` (Hydra override syntax: model=lstm, a.b=1);
+    ``config_name`` picks another primary config of conf/ (tune.yaml for `textclf.tune`)."""
     with initialize_config_dir(str(conf_dir(root)), version_base=None):
-        cfg = hydra_compose(config_name=CONFIG_NAME, overrides=list(overrides or []))
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     OmegaConf.resolve(cfg)
     return cfg
 

@@ -7,6 +7,11 @@ the two data stages itself, keyed by what determines their output:
                                                       that shape preprocessing, format version)
 Jobs with equal data settings reuse one processed dataset; any difference gets its own.
 Models and reports go to each job's own output directory.
+
+A job that runs to the end (train and evaluate) tags its MLflow run with its fingerprint: a
+hash of the resolved config (less ``paths``, ``tracking`` and the progress bar, which change
+where things go or what is shown, not the model) and of the processed data. Rerunning a sweep
+skips every job whose fingerprint already has a FINISHED run (see ``__main__``).
 """
 
 from __future__ import annotations
@@ -17,13 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+from lightning.pytorch.callbacks import Callback
 
-from textclf.config import Config
-from textclf.data.encoded import MANIFEST_FILE
+from textclf.config import Config, to_dict
+from textclf.data.encoded import MANIFEST_FILE, read_manifest
 from textclf.stages.download import download
 from textclf.stages.evaluate import evaluate
 from textclf.stages.preprocess import FORMAT_VERSION, PREPROCESS_PARAMS, preprocess
-from textclf.stages.train import train
+from textclf.stages.train import MONITOR, train
+from textclf.tracking import ensure_experiment, retry_if_locked, tracking_uri
+
+FINGERPRINT_TAG = "textclf.fingerprint"
+# Config keys that never change the trained model: excluded from the fingerprint.
+NOT_FINGERPRINTED = {"paths": None, "tracking": None, "trainer": {"enable_progress_bar"}}
 
 
 def processed_key(cfg: Config) -> str:
@@ -54,14 +65,69 @@ def prepare_data(cfg: Config, progress: bool = True) -> Path:
     return processed
 
 
-def run_pipeline(cfg: Config, job_dir: Path, tags: dict[str, str] | None = None) -> dict[str, Any]:
+def fingerprint(cfg: Config, processed: Path) -> str:
+    """Identifies what a job computes: equal fingerprints mean the same config on the same data."""
+    resolved = to_dict(cfg)
+    for section, keys in NOT_FINGERPRINTED.items():
+        if keys is None:
+            resolved.pop(section, None)
+        else:
+            resolved[section] = {k: v for k, v in resolved[section].items() if k not in keys}
+    identity = {"config": resolved, "data_hash": read_manifest(processed)["data_hash"]}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def finished_run(cfg: Config, job_fingerprint: str) -> dict[str, Any] | None:
+    """The newest FINISHED run of ``cfg``'s experiment tagged with ``job_fingerprint``, as the
+    summary ``run_pipeline`` would return (run id, best validation macro-F1); None if none."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(cfg.tracking)
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(uri, cfg.tracking.experiment_name)
+    runs = retry_if_locked(
+        client.search_runs,
+        [experiment_id],
+        filter_string=f"tags.`{FINGERPRINT_TAG}` = '{job_fingerprint}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    history = retry_if_locked(client.get_metric_history, run_id, MONITOR)
+    return {"run_id": run_id, "best_val_f1_macro": max((m.value for m in history), default=0.0)}
+
+
+def run_pipeline(
+    cfg: Config,
+    job_dir: Path,
+    tags: dict[str, str] | None = None,
+    callbacks: list[Callback] | None = None,
+    skip_finished: bool = False,
+) -> dict[str, Any]:
     """download -> preprocess (cached) -> train -> evaluate; outputs under ``job_dir``.
 
-    ``tags`` are added to the job's MLflow run."""
+    ``tags`` are added to the job's MLflow run, ``callbacks`` to its Trainer. With
+    ``skip_finished``, a config whose fingerprint already has a FINISHED run is not trained
+    again: the summary is that run's, with ``skipped: True``."""
     processed = prepare_data(cfg)
+    job_fingerprint = fingerprint(cfg, processed)
+    if skip_finished:
+        previous = finished_run(cfg, job_fingerprint)
+        if previous is not None:
+            return {**previous, "skipped": True}
     models_dir, reports_dir = job_dir / "models", job_dir / "reports"
-    summary = train(cfg, processed, models_dir, reports_dir, tags=tags)
+    summary = train(cfg, processed, models_dir, reports_dir, tags=tags, callbacks=callbacks)
     if not summary:  # a non-zero DDP rank: rank 0 evaluates
         return {}
     metrics = evaluate(cfg, processed, models_dir, reports_dir)
+    tag_fingerprint(cfg, summary["run_id"], job_fingerprint)  # last: only a whole job counts as done
     return {**summary, **{f"test_{key}": value for key, value in metrics.items()}}
+
+
+def tag_fingerprint(cfg: Config, run_id: str, job_fingerprint: str) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    retry_if_locked(client.set_tag, run_id, FINGERPRINT_TAG, job_fingerprint)
