@@ -20,9 +20,11 @@ STAGES = ("download", "preprocess", "train", "evaluate")
 
 
 def copy_repository(target: Path) -> Path:
-    """Copies the git-tracked files of this repository into a fresh git repo at ``target``."""
+    """Copies the files of this repository that git would commit (tracked, and new files it
+    does not ignore) into a fresh git repo at ``target``."""
     tracked = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT, capture_output=True, check=True,
     ).stdout.decode().split("\0")
     for name in filter(None, tracked):
         source = REPO_ROOT / name

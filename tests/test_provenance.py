@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import platform
 from importlib import metadata
+from pathlib import Path
+
+import yaml
 
 from mlflow import MlflowClient
 
@@ -15,7 +18,7 @@ from textclf.tracking import MASK
 
 
 def test_a_training_run_is_tagged_with_its_provenance_and_logs_no_secret(
-    tiny_config, mlflow_uri: str, monkeypatch
+    tiny_config, mlflow_uri: str, monkeypatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("TEXTCLF_TEST_TOKEN", "tok-0123456789abcdef")
     cfg = tiny_config(
@@ -37,6 +40,7 @@ def test_a_training_run_is_tagged_with_its_provenance_and_logs_no_secret(
         "version.mlflow": "mlflow",
         "version.hydra-core": "hydra-core",
         "version.dvc": "dvc",
+        "version.numpy": "numpy",
     }.items():
         assert tags[tag] == metadata.version(distribution)
     assert tags["version.python"] == platform.python_version()
@@ -50,3 +54,12 @@ def test_a_training_run_is_tagged_with_its_provenance_and_logs_no_secret(
     assert params["optimizer.lr"] == "0.05"  # the rest is logged as is
     logged = repr(params)
     assert "hunter2" not in logged and "tok-0123456789abcdef" not in logged
+
+    # The resolved config beside the checkpoint, and its copy in the run, are masked alike.
+    client = MlflowClient(mlflow_uri)
+    artifact = Path(client.download_artifacts(run.info.run_id, "checkpoint/config.yaml", str(tmp_path)))
+    for config in (cfg.paths.models / "config.yaml", artifact):
+        text = config.read_text()
+        assert "hunter2" not in text and "tok-0123456789abcdef" not in text
+        values = yaml.safe_load(text)
+        assert values["tracking"]["run_name"] == MASK and values["optimizer"]["lr"] == 0.05

@@ -6,20 +6,39 @@
 
 Composes conf/ of the current directory (override with --config-dir). Each job gets its
 own output directory and MLflow run; jobs share downloads and preprocessed data.
+
+A sweep resumes: a job whose config and data already have a FINISHED MLflow run (same
+fingerprint, see textclf.pipeline) is skipped, so rerunning an interrupted sweep trains only
+the jobs that are missing. TEXTCLF_FORCE=1 trains every job again. A single run (no -m)
+always trains.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from textclf.config import validate
 from textclf.errors import TextclfError
-from textclf.params import CONFIG_NAME, conf_dir
+from textclf.params import CONFIG_NAME, conf_dir, describe_composition_error
+
+FORCE_ENV = "TEXTCLF_FORCE"  # "1": sweeps train jobs that already have a finished run
+
+
+def forced() -> bool:
+    value = os.environ.get(FORCE_ENV, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise TextclfError(f"{FORCE_ENV}={value!r}: expected 1 or 0 (true/false)")
 
 
 def run(cfg: DictConfig) -> float:
@@ -31,23 +50,37 @@ def run(cfg: DictConfig) -> float:
     config = validate(cfg, source="config")
     # Tags that tie the MLflow run to its Hydra job (the overrides tell sweep jobs apart).
     tags = {"hydra.overrides": hydra_cfg.job.override_dirname, "hydra.output_dir": hydra_cfg.runtime.output_dir}
-    if hydra_cfg.mode.name == "MULTIRUN":
+    sweep = hydra_cfg.mode.name == "MULTIRUN"
+    if sweep:
         tags["hydra.job.num"] = str(hydra_cfg.job.num)
     # With trainer.devices > 1, Lightning re-runs this command for the other DDP ranks: make
     # that re-run this one job (not the whole sweep) in this job's directory.
     with ddp_children_rerun_this_job():
-        summary = run_pipeline(config, Path(hydra_cfg.runtime.output_dir), tags=tags)
-    if summary:
+        summary = run_pipeline(
+            config, Path(hydra_cfg.runtime.output_dir), tags=tags, skip_finished=sweep and not forced()
+        )
+    if summary.get("skipped"):
+        print(
+            f"textclf: skipped job {hydra_cfg.job.num} ({hydra_cfg.job.override_dirname}): "
+            f"finished before as MLflow run {summary['run_id']} ({FORCE_ENV}=1 trains it again)"
+        )
+    elif summary:
         print(f"textclf: {summary}")
     return float(summary.get("best_val_f1_macro", 0.0))
 
 
 def main() -> None:
     app = hydra.main(config_path=str(conf_dir()), config_name=CONFIG_NAME, version_base=None)(run)
+    # Hydra prints its own multi-line report (and a traceback) for any error unless this is
+    # set; set, errors come back here: a bad input is one line, a bug keeps its traceback.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         app()
     except TextclfError as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except (HydraException, OmegaConfBaseException) as error:  # an unknown group option, a bad override
+        print(f"error: {describe_composition_error(error)}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -56,12 +56,32 @@ def staged_dir(target: str | Path) -> Iterator[Path]:
     try:
         with _disk_full_is_an_error(target):
             yield staging
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
+            replace_dir(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_dir(source: str | Path, target: str | Path) -> None:
+    """Moves directory ``source`` onto ``target`` (same filesystem), replacing what was there.
+
+    The old ``target`` is renamed aside first and deleted only once ``source`` is in its
+    place; if that second rename fails, the old one is put back. So ``target`` is always one
+    complete directory, the old or the new, never a mix or a half-deleted tree.
+    """
+    source, target = Path(source), Path(target)
+    if not target.exists():
+        os.replace(source, target)
+        return
+    # An empty directory to rename onto (POSIX allows it); "*.partial-*" is gitignored.
+    aside = Path(tempfile.mkdtemp(prefix=f"{target.name}.partial-old-", dir=target.parent))
+    os.replace(target, aside)
+    try:
+        os.replace(source, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextmanager

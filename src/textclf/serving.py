@@ -29,12 +29,11 @@ import pandas as pd
 import torch
 import yaml
 
-from textclf.config import flatten
 from textclf.data.datamodule import BatchedSplit
 from textclf.data.encoded import LABELS_FILE, UNK_ID, VOCAB_FILE, EncodedSplit, read_labels
 from textclf.data.text import Tokenizer, clean
 from textclf.errors import TextclfError
-from textclf.tracking import mask_userinfo, mlflow_tracking_uri, redact_secrets, retry_if_locked
+from textclf.tracking import mask_userinfo, mlflow_tracking_uri, redact_config, retry_if_locked
 
 MODEL_NAME = "model"  # artifact name: runs:/<run id>/model
 TEXT_COLUMN, LABEL_COLUMN = "text", "label"
@@ -125,14 +124,7 @@ def signature(labels: list[str]) -> mlflow.models.ModelSignature:
 def shareable_config(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with secrets masked (URL passwords, token-like keys; see redact_secrets):
     a shipped model travels further than the run it came from."""
-    nested: dict[str, Any] = {}
-    for key, value in redact_secrets(flatten(config)).items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return nested
+    return redact_config(config)
 
 
 def pip_requirements() -> list[str]:

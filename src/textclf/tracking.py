@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Mapping, TypeVar
 from urllib.parse import urlparse
 
-from textclf.config import TrackingConfig
+from textclf.atomic import write_json
+from textclf.config import TrackingConfig, flatten
 from textclf.errors import TextclfError
 
 RUN_FILE = "mlflow_run.json"  # written by train into the models directory, read by evaluate
@@ -180,11 +181,14 @@ def git_commit(root: Path | None = None) -> str | None:
 
 
 def git_dirty(root: Path | None = None) -> str:
-    """"true" when `git status --porcelain` lists any change (untracked files included),
-    "false" for a clean tree, "unknown" outside a git checkout."""
+    """"true" when a tracked file differs from the checked-out commit (`git status --porcelain
+    --untracked-files=no`), "false" for a clean tree, "unknown" outside a git checkout.
+
+    Untracked files do not count: the stages' own outputs (data/, models/, reports/, dvc.lock
+    before its first commit, caches) are not code, and would otherwise mark every run dirty."""
     try:
         result = subprocess.run(
-            ["git", "status", "--porcelain"],
+            ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=root or Path.cwd(),
             capture_output=True,
             text=True,
@@ -204,6 +208,7 @@ VERSION_TAGS = {
     "version.mlflow": "mlflow",
     "version.hydra-core": "hydra-core",
     "version.dvc": "dvc",
+    "version.numpy": "numpy",
 }
 
 
@@ -298,6 +303,19 @@ def redact_secrets(params: Mapping[str, Any], environ: Mapping[str, str] | None 
     return redacted
 
 
+def redact_config(config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The nested config with the same secrets masked as ``redact_secrets`` masks in the flat
+    params: for config.yaml files that travel with a checkpoint or a shipped model."""
+    nested: dict[str, Any] = {}
+    for key, value in redact_secrets(flatten(config), environ).items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return nested
+
+
 REACH_TIMEOUT_SECONDS = 5.0
 
 
@@ -344,10 +362,24 @@ def check_tracking_uri(uri: str, timeout: float = REACH_TIMEOUT_SECONDS) -> None
 
 
 def write_run_reference(models_dir: Path, run_id: str, experiment_id: str) -> None:
-    (models_dir / RUN_FILE).write_text(
-        json.dumps({"run_id": run_id, "experiment_id": experiment_id}, indent=2) + "\n",
-        encoding="utf-8",
-    )
+    write_json(models_dir / RUN_FILE, {"run_id": run_id, "experiment_id": experiment_id})
+
+
+def existing_run(uri: str, models_dir: Path) -> str | None:
+    """The run id that ``models_dir``/mlflow_run.json names, if that run is in the store at
+    ``uri``; None when there is no reference or the run is not there (another store)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    path = models_dir / RUN_FILE
+    if not path.is_file():
+        return None
+    run_id = json.loads(path.read_text(encoding="utf-8"))["run_id"]
+    try:
+        retry_if_locked(MlflowClient(tracking_uri=uri).get_run, run_id)
+    except MlflowException:
+        return None
+    return run_id
 
 
 def read_run_reference(models_dir: Path) -> dict[str, str]:

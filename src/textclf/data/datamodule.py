@@ -12,9 +12,7 @@ from torch.utils.data import (
     DataLoader,
     Dataset,
     DistributedSampler,
-    RandomSampler,
     Sampler,
-    SequentialSampler,
 )
 
 from textclf.data.encoded import EncodedSplit, read_labels, read_vocabulary
@@ -136,13 +134,14 @@ class TextDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, batch_size: int, shuffle: bool, bucket_batches: int | None = None) -> DataLoader:
         dataset = BatchedSplit(self.splits[name], self.max_len)
-        sampler: Sampler[int]
+        # Each rank takes its own shard (the Trainer runs with use_distributed_sampler=False
+        # because its automatic sampler cannot wrap a batch-level dataset). In one process the
+        # "shard" is everything. Either way the order is a function of (seed, epoch) alone,
+        # never of the global RNG, so a run resumed at an epoch boundary sees the same batches.
         if dist.is_available() and dist.is_initialized():
-            # Each rank takes its own shard (the Trainer runs with use_distributed_sampler=False
-            # because its automatic sampler cannot wrap a batch-level dataset).
-            sampler = DistributedSampler(dataset, shuffle=shuffle, seed=self.seed)
+            sampler: Sampler[int] = DistributedSampler(dataset, shuffle=shuffle, seed=self.seed)
         else:
-            sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+            sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=self.seed)
         return DataLoader(
             dataset,
             sampler=EpochBatchSampler(

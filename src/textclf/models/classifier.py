@@ -68,9 +68,13 @@ class TextClassifier(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self._logits(batch), batch["labels"])
-        if not torch.isfinite(loss):  # one host sync per step; Lightning's detect_anomaly is far slower
+        finite = bool(torch.isfinite(loss))  # one host sync per step; detect_anomaly is far slower
+        # Under DDP every rank must stop at the same step, or the others would wait forever in
+        # the gradient all-reduce: one flag is reduced across ranks (free on a single device).
+        if self.trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            value = loss.item() if not finite else "non-finite on another DDP rank"
             raise NonFiniteLoss(
-                f"training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}"
+                f"training loss is {value} at epoch {self.current_epoch}, step {self.global_step}"
                 " (lower optimizer.lr or set trainer.gradient_clip_val)"
             )
         size = batch["labels"].numel()

@@ -35,7 +35,7 @@ from textclf.errors import TextclfError
 from textclf.models.classifier import TextClassifier
 from textclf.stages.cli import run_stage
 from textclf.stages.train import CHECKPOINT_NAME, CURVES_FILE
-from textclf.tracking import ensure_experiment, read_run_reference, tracking_uri
+from textclf.tracking import ensure_experiment, read_run_reference, retry_if_locked, tracking_uri
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -175,11 +175,11 @@ def log_figures(client: MlflowClient, run_id: str, reports_dir: Path, f1_macro: 
     from textclf import plots
 
     per_class = json.loads((reports_dir / PER_CLASS_FILE).read_text(encoding="utf-8"))
-    client.log_figure(run_id, plots.per_class_f1(per_class, f1_macro), f"evaluation/{PER_CLASS_F1_PNG}")
+    retry_if_locked(client.log_figure, run_id, plots.per_class_f1(per_class, f1_macro), f"evaluation/{PER_CLASS_F1_PNG}")
     curves = reports_dir / CURVES_FILE
     if curves.is_file():
         figure = plots.learning_curves(curves.read_text(encoding="utf-8"))
-        client.log_figure(run_id, figure, f"evaluation/{CURVES_PNG}")
+        retry_if_locked(client.log_figure, run_id, figure, f"evaluation/{CURVES_PNG}")
 
 
 def log_to_run(cfg: Config, models_dir: Path, metrics: dict[str, float], reports_dir: Path) -> None:
@@ -189,26 +189,29 @@ def log_to_run(cfg: Config, models_dir: Path, metrics: dict[str, float], reports
     from mlflow.exceptions import MlflowException
 
     reference = read_run_reference(models_dir)
-    client = MlflowClient(tracking_uri=tracking_uri(cfg.tracking))
+    uri = tracking_uri(cfg.tracking)
+    client = retry_if_locked(MlflowClient, tracking_uri=uri)
     run_id = reference["run_id"]
     try:
-        client.get_run(run_id)
+        retry_if_locked(client.get_run, run_id)
     except MlflowException:
         # The checkpoint came from another store (e.g. restored from a DVC cache elsewhere):
         # record the evaluation in a run of its own rather than failing.
-        experiment_id = ensure_experiment(tracking_uri(cfg.tracking), cfg.tracking.experiment_name)
-        run_id = client.create_run(experiment_id, tags={"trained_in_run": run_id}).info.run_id
+        experiment_id = ensure_experiment(uri, cfg.tracking.experiment_name)
+        run_id = retry_if_locked(client.create_run, experiment_id, tags={"trained_in_run": run_id}).info.run_id
     timestamp = int(1000 * time.time())
-    client.log_batch(
+    # Every write is retried while SQLite says "database is locked" (parallel jobs, one store).
+    retry_if_locked(
+        client.log_batch,
         run_id,
         metrics=[Metric(f"test/{key}", float(value), timestamp, 0) for key, value in metrics.items()],
     )
     for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG):
-        client.log_artifact(run_id, str(reports_dir / name), artifact_path="evaluation")
+        retry_if_locked(client.log_artifact, run_id, str(reports_dir / name), artifact_path="evaluation")
     log_figures(client, run_id, reports_dir, metrics["f1_macro"])
-    status = client.get_run(run_id).info.status
+    status = retry_if_locked(client.get_run, run_id).info.status
     if status == "RUNNING":
-        client.set_terminated(run_id)
+        retry_if_locked(client.set_terminated, run_id)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,25 +3,38 @@
 Writes ``<paths.models>/`` (model.ckpt, config.yaml, vocab.txt, mlflow_run.json) and
 ``<paths.reports>/training_curves.csv``; logs params, losses, metrics and artifacts to one
 MLflow run. Under DDP only rank 0 writes files or talks to MLflow.
+
+While it trains, the stage keeps a resume point in ``<paths.cache>/resume/<key>/`` (the
+full state after the last completed epoch, the best checkpoint so far, the MLflow run id):
+rerun after a crash, the same training picks up there, in the same MLflow run, and ends with
+the weights an uninterrupted run would have. The directory is deleted when training ends.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
+import json
+import os
+import random
 import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import yaml
+from filelock import FileLock, Timeout
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 
-from textclf.atomic import write_text
+from textclf.atomic import staged_dir, write_text
+from textclf.batched_logger import BatchedMLFlowLogger
 from textclf.config import Config, flatten, load_params, to_dict
 from textclf.data.datamodule import TextDataModule
 from textclf.data.encoded import VOCAB_FILE, read_manifest
@@ -30,10 +43,12 @@ from textclf.errors import TextclfError
 from textclf.models.classifier import NonFiniteLoss, TextClassifier
 from textclf.stages.cli import run_stage
 from textclf.tracking import (
-    check_tracking_uri, ensure_experiment, redact_secrets, run_tags, tracking_uri, write_run_reference,
+    check_tracking_uri, ensure_experiment, existing_run, redact_config, redact_secrets, retry_if_locked, run_tags,
+    tracking_uri, write_run_reference,
 )
 
 CHECKPOINT_NAME = "model"  # -> model.ckpt
+RESUME_DIR, LAST_CHECKPOINT = "resume", "last.ckpt"  # <paths.cache>/resume/<key>/last.ckpt
 MONITOR = "val/f1_macro"
 CURVES_FILE = "training_curves.csv"
 CURVE_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_f1_macro")
@@ -67,10 +82,80 @@ class EpochHistory(Callback):
         writer.writerows(self.rows)
         return buffer.getvalue()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": list(self.rows)}  # in the resume checkpoint: the curves survive a crash
 
-def _staging_dir(models_dir: Path) -> Path:
-    # One fixed name, so every DDP rank agrees on the checkpoint directory.
-    return models_dir.with_name(f"{models_dir.name}.partial")
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict["rows"])
+
+
+class EpochSeed(Callback):
+    """Reseeds python, numpy and torch at the start of every training epoch from (seed, epoch,
+    rank): dropout and every other draw of an epoch depend on nothing that came before it, so a
+    run resumed at an epoch boundary goes on exactly as the uninterrupted run did. (Shuffling
+    does not use these generators at all: the sampler seeds its own from (seed, epoch).)"""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        key = f"{self.seed}:{trainer.current_epoch}:{trainer.global_rank}".encode()
+        seed = int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+
+class ResumePoint(Checkpoint):
+    """Saves the whole training state (weights, optimizer, schedule, loop counters, callback
+    states) to ``path`` at the end of every training epoch, through a temporary file and a
+    rename, so a crash at any moment leaves the last complete epoch's state behind.
+
+    A Checkpoint subclass, so Lightning runs it after every other callback (the epoch's row of
+    curves and the best-checkpoint bookkeeping are in the state it saves)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        partial = self.path.with_name(f"{self.path.name}.partial")
+        trainer.save_checkpoint(partial, weights_only=False)  # all DDP ranks call it; rank 0 writes
+        if trainer.is_global_zero:
+            flush = getattr(trainer.logger, "flush", None)
+            if flush is not None:  # the run's metrics up to here are stored before the state is
+                flush()
+            os.replace(partial, self.path)
+
+
+def resume_dir(cfg: Config, manifest: dict[str, Any], uri: str) -> Path:
+    """Where an unfinished training keeps its resume point: ``<paths.cache>/resume/<key>/``.
+
+    The key hashes everything that shapes the result (the resolved config but its paths, the
+    processed data's hash, the tracking store), so only the same training resumes from it.
+    It lies outside the stage's DVC outputs, which DVC deletes before it reruns a stage."""
+    identity = {
+        "config": {key: value for key, value in to_dict(cfg).items() if key != "paths"},
+        "data_hash": manifest["data_hash"],
+        "tracking_uri": uri,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return (cfg.paths.cache / RESUME_DIR / key).absolute()
+
+
+@contextmanager
+def resume_lock(resume: Path) -> Iterator[None]:
+    """One training per resume point at a time (a second run of the same config waits)."""
+    resume.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{resume}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"train: waiting for another training of this config to finish ({lock.lock_file})", flush=True)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def train(
@@ -83,9 +168,12 @@ def train(
 ) -> dict[str, Any]:
     """Trains, then moves the finished outputs into place; returns a summary of the run.
 
-    ``tags`` are added to the MLflow run next to the git commit, data hash and model name;
-    ``callbacks`` (e.g. an Optuna pruning callback) run alongside the checkpointing ones."""
-    check_tracking_uri(tracking_uri(cfg.tracking))  # fail fast, before any work
+    A training that was killed resumes from its last completed epoch (see ``resume_dir``)
+    and goes on logging to the same MLflow run. ``tags`` are added to the MLflow run next to
+    the git commit, data hash and model name; ``callbacks`` (e.g. an Optuna pruning
+    callback) run alongside the checkpointing ones."""
+    uri = tracking_uri(cfg.tracking)
+    check_tracking_uri(uri)  # fail fast, before any work
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
@@ -109,10 +197,10 @@ def train(
         label_smoothing=cfg.train.label_smoothing,
     )
 
-    uri = tracking_uri(cfg.tracking)
-    staging = _staging_dir(models_dir)
+    resume = resume_dir(cfg, manifest, uri)
+    last = resume / LAST_CHECKPOINT
     checkpoint = ModelCheckpoint(
-        dirpath=staging,
+        dirpath=resume / "best",
         filename=CHECKPOINT_NAME,
         monitor=MONITOR,
         mode="max",
@@ -126,50 +214,81 @@ def train(
     trainer: pl.Trainer = instantiate(
         resolved["trainer"],
         logger=False,  # rank 0 gets its MLflow logger below, once the Trainer knows the ranks
-        callbacks=[checkpoint, history, *(callbacks or [])],
-        default_root_dir=staging,
+        callbacks=[EpochSeed(cfg.seed), history, *(callbacks or []), checkpoint, ResumePoint(last)],
+        default_root_dir=resume,
         use_distributed_sampler=False,  # the data module shards batches itself (see datamodule.py)
         enable_model_summary=False,
     )
     try:
-        # The global rank is certain only now (own DDP launcher, torchrun, SLURM): only rank 0
-        # writes files and talks to MLflow; the other ranks never open the tracking store.
-        if trainer.is_global_zero:
-            ensure_experiment(uri, cfg.tracking.experiment_name)
-            shutil.rmtree(staging, ignore_errors=True)
-            logger = MLFlowLogger(
-                experiment_name=cfg.tracking.experiment_name,
-                run_name=cfg.tracking.run_name,
-                tracking_uri=uri,
-                tags={**run_tags(resolved, manifest), **(tags or {})},
-                synchronous=False,  # per-step losses are queued and written in batches
-            )
-            trainer.logger = logger
-            logger.log_hyperparams(redact_secrets(flatten(resolved)))
-        trainer.fit(module, datamodule=datamodule)
-        if not trainer.is_global_zero:
-            return {}
-        best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
-        if best is None or not best.is_file():
-            raise TextclfError(f"training produced no checkpoint in {staging} (no validation epoch ran?)")
-        (staging / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
-        shutil.copyfile(processed / VOCAB_FILE, staging / VOCAB_FILE)
-        experiment_id = logger.experiment_id
-        write_run_reference(staging, logger.run_id, experiment_id)
-        for name in (best.name, "config.yaml", VOCAB_FILE):
-            logger.experiment.log_artifact(logger.run_id, str(staging / name), artifact_path="checkpoint")
-        from textclf.serving import log_model  # here: it imports mlflow.pyfunc (about a second)
+        with ExitStack() as held:
+            # The global rank is certain only now (own DDP launcher, torchrun, SLURM): only rank 0
+            # writes files and talks to MLflow; the other ranks never open the tracking store.
+            if trainer.is_global_zero:
+                held.enter_context(resume_lock(resume))
+            # Every rank decides alike: rank 0 changes nothing in ``resume`` before fit starts.
+            resuming = last.is_file()
+            if trainer.is_global_zero:
+                ensure_experiment(uri, cfg.tracking.experiment_name)
+                previous = existing_run(uri, resume)
+                if previous is not None and not resuming:  # killed before its first epoch ended
+                    from mlflow import MlflowClient
 
-        log_model(uri, logger.run_id, best, processed, resolved)  # the shippable pyfunc: runs:/<id>/model
-        write_text(reports_dir / CURVES_FILE, history.to_csv())
-        if models_dir.exists():
-            shutil.rmtree(models_dir)
-        staging.rename(models_dir)
-        return {
-            "run_id": logger.run_id,
-            "best_val_f1_macro": float(checkpoint.best_model_score),
-            "epochs": trainer.current_epoch,
-        }
+                    retry_if_locked(MlflowClient(tracking_uri=uri).set_terminated, previous, "KILLED")
+                run_id = previous if resuming else None
+                logger = BatchedMLFlowLogger(
+                    experiment_name=cfg.tracking.experiment_name,
+                    run_name=cfg.tracking.run_name,
+                    tracking_uri=uri,
+                    tags={**run_tags(resolved, manifest), **(tags or {})},
+                    flush_every=cfg.tracking.flush_every,
+                    flush_interval_s=cfg.tracking.flush_interval_s,
+                    run_id=run_id,  # a resumed training goes on in its own run
+                )
+                trainer.logger = logger
+                if run_id is None:
+                    logger.log_hyperparams(redact_secrets(flatten(resolved)))
+                else:
+                    print(f"train: resuming from {last} (MLflow run {run_id})", flush=True)
+                    retry_if_locked(logger.experiment.set_tag, run_id, "resumed", "true")
+                write_run_reference(resume, logger.run_id, logger.experiment_id)
+            try:
+                # Only the pipeline's own file, in its own cache, is resumed from; it holds
+                # plain tensors and containers, so it loads weights-only as well.
+                trainer.fit(module, datamodule=datamodule, ckpt_path=last if resuming else None, weights_only=True)
+            except Exception:
+                # A failure (a diverged loss, a bug, a pruned trial) would recur on resume: only
+                # an interrupt or a killed process leaves the resume point for the next run.
+                if trainer.is_global_zero:
+                    shutil.rmtree(resume, ignore_errors=True)
+                raise
+            if not trainer.is_global_zero:
+                return {}
+            best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+            if best is None or not best.is_file():
+                raise TextclfError(f"training produced no checkpoint in {resume} (no validation epoch ran?)")
+            with staged_dir(models_dir) as staging:
+                model_file = staging / f"{CHECKPOINT_NAME}.ckpt"
+                shutil.copyfile(best, model_file)
+                # The config that made the checkpoint, secrets masked as in the run's params.
+                (staging / "config.yaml").write_text(
+                    yaml.safe_dump(redact_config(resolved), sort_keys=False), encoding="utf-8"
+                )
+                shutil.copyfile(processed / VOCAB_FILE, staging / VOCAB_FILE)
+                write_run_reference(staging, logger.run_id, logger.experiment_id)
+                for name in (model_file.name, "config.yaml", VOCAB_FILE):
+                    retry_if_locked(
+                        logger.experiment.log_artifact, logger.run_id, str(staging / name), artifact_path="checkpoint"
+                    )
+                from textclf.serving import log_model  # here: it imports mlflow.pyfunc (about a second)
+
+                log_model(uri, logger.run_id, model_file, processed, resolved)  # the shippable pyfunc: runs:/<id>/model
+                write_text(reports_dir / CURVES_FILE, history.to_csv())
+            shutil.rmtree(resume, ignore_errors=True)  # finished: the next run starts afresh
+            return {
+                "run_id": logger.run_id,
+                "best_val_f1_macro": float(checkpoint.best_model_score),
+                "epochs": trainer.current_epoch,
+            }
     except NonFiniteLoss as error:
         kept = (models_dir / f"{CHECKPOINT_NAME}.ckpt").is_file()
         raise TextclfError(
@@ -177,8 +296,6 @@ def train(
             + (f"{models_dir} keeps the last good model" if kept else f"no model written to {models_dir}")
         ) from error
     finally:
-        if trainer.is_global_zero:
-            shutil.rmtree(staging, ignore_errors=True)
         restore_launch_state()
 
 
