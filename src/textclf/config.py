@@ -90,6 +90,8 @@ class TrackingConfig(_Section):
     uri: str | None
     experiment_name: str = Field(min_length=1)
     run_name: str | None
+    flush_every: int = Field(gt=0, le=1000)  # metric values per MLflow write (1000: its limit per request)
+    flush_interval_s: PositiveFloat  # ... and at least this often, so the UI follows a run
 
 
 class PathsConfig(_Section):

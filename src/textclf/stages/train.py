@@ -19,9 +19,9 @@ import torch
 import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import MLFlowLogger
 
 from textclf.atomic import write_text
+from textclf.batched_logger import BatchedMLFlowLogger
 from textclf.config import Config, flatten, load_params, to_dict
 from textclf.data.datamodule import TextDataModule
 from textclf.data.encoded import VOCAB_FILE, read_manifest
@@ -137,12 +137,13 @@ def train(
         if trainer.is_global_zero:
             ensure_experiment(uri, cfg.tracking.experiment_name)
             shutil.rmtree(staging, ignore_errors=True)
-            logger = MLFlowLogger(
+            logger = BatchedMLFlowLogger(
                 experiment_name=cfg.tracking.experiment_name,
                 run_name=cfg.tracking.run_name,
                 tracking_uri=uri,
                 tags={**run_tags(resolved, manifest), **(tags or {})},
-                synchronous=False,  # per-step losses are queued and written in batches
+                flush_every=cfg.tracking.flush_every,
+                flush_interval_s=cfg.tracking.flush_interval_s,
             )
             trainer.logger = logger
             logger.log_hyperparams(redact_secrets(flatten(resolved)))
