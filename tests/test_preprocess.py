@@ -18,8 +18,7 @@ from textclf.data.encoded import (
     PAD_ID,
     UNK_ID,
     EncodedSplit,
-    build_vocabulary,
-    encode,
+    TokenIds,
     read_labels,
     read_manifest,
     read_vocabulary,
@@ -293,13 +292,16 @@ def test_encoded_split_round_trip(tmp_path: Path) -> None:
     assert loaded.document_frequency(6).tolist() == [0, 0, 1, 1, 1, 1]
 
 
-def test_build_vocabulary_and_encode() -> None:
-    docs = [["b", "a", "b"], ["c", "a", "b"], ["d"]]
-    assert build_vocabulary(docs, min_freq=1, max_size=None) == ["<pad>", "<unk>", "b", "a", "c", "d"]
-    assert build_vocabulary(docs, min_freq=2, max_size=None) == ["<pad>", "<unk>", "b", "a"]
-    assert build_vocabulary(docs, min_freq=1, max_size=1) == ["<pad>", "<unk>", "b"]
-    vocabulary = build_vocabulary(docs, min_freq=2, max_size=None)
-    assert encode([["a", "zz", "b"]], vocabulary) == [[3, UNK_ID, 2]]
+def test_vocabulary_is_by_frequency_then_alphabetical_and_maps_the_rest_to_unk() -> None:
+    token_ids = TokenIds()
+    docs = [token_ids(d) for d in (["b", "a", "b"], ["c", "a", "b"], ["d"])]
+    unseen = token_ids(["a", "zz", "b"])  # a later split's words get ids but no vocabulary entry
+    assert token_ids.vocabulary(docs, min_freq=1, max_size=None)[0] == ["<pad>", "<unk>", "b", "a", "c", "d"]
+    assert token_ids.vocabulary(docs, min_freq=1, max_size=1)[0] == ["<pad>", "<unk>", "b"]
+    vocabulary, to_vocabulary = token_ids.vocabulary(docs, min_freq=2, max_size=None)
+    assert vocabulary == ["<pad>", "<unk>", "b", "a"]
+    split = EncodedSplit.from_token_ids([unseen, docs[2]], [0, 1], to_vocabulary)
+    assert split.tokens.tolist() == [3, UNK_ID, 2, UNK_ID] and split.tokens.dtype == torch.int32
     assert PAD_ID == 0 and UNK_ID == 1
 
 

@@ -10,11 +10,12 @@ Token id 0 is padding and 1 is <unk>; real words start at 2.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from textclf.errors import TextclfError
@@ -39,14 +40,19 @@ class EncodedSplit:
         return self.offsets[1:] - self.offsets[:-1]
 
     @classmethod
-    def from_token_ids(cls, documents: Sequence[Sequence[int]], labels: Sequence[int]) -> "EncodedSplit":
-        lengths = torch.tensor([len(doc) for doc in documents], dtype=torch.int64)
-        offsets = torch.zeros(len(documents) + 1, dtype=torch.int64)
-        torch.cumsum(lengths, dim=0, out=offsets[1:])
-        flat = [token for doc in documents for token in doc]
+    def from_token_ids(
+        cls, documents: Sequence[Sequence[int]], labels: Sequence[int], id_map: np.ndarray | None = None
+    ) -> "EncodedSplit":
+        """``documents``: token ids per document; ``id_map``, if given, maps them first
+        (``TokenIds.vocabulary``'s first-seen id -> vocabulary id)."""
+        lengths = np.fromiter(map(len, documents), dtype=np.int64, count=len(documents))
+        offsets = np.zeros(len(documents) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter(chain.from_iterable(documents), dtype=np.int64, count=int(offsets[-1]))
+        tokens = id_map[flat] if id_map is not None else flat.astype(np.int32)
         return cls(
-            tokens=torch.tensor(flat, dtype=torch.int32),
-            offsets=offsets,
+            tokens=torch.from_numpy(tokens),
+            offsets=torch.from_numpy(offsets),
             labels=torch.tensor(list(labels), dtype=torch.int64),
         )
 
@@ -67,20 +73,35 @@ class EncodedSplit:
         return cls(tokens=data["tokens"], offsets=data["offsets"], labels=data["labels"])
 
 
-def build_vocabulary(
-    documents: Iterable[Sequence[str]], min_freq: int, max_size: int | None
-) -> list[str]:
-    """Words seen at least ``min_freq`` times, most frequent first (ties alphabetical)."""
-    counts = Counter(token for doc in documents for token in doc)
-    kept = sorted((w for w, c in counts.items() if c >= min_freq), key=lambda w: (-counts[w], w))
-    if max_size is not None:
-        kept = kept[:max_size]
-    return [PAD, UNK, *kept]
+class TokenIds:
+    """Numbers every distinct token in order of first appearance.
 
+    Preprocessing turns each document into these ids as it tokenizes (one dict lookup per
+    token), counts them with numpy and maps them onto the vocabulary in one array lookup,
+    instead of counting strings and then looking every string up again."""
 
-def encode(documents: Iterable[Sequence[str]], vocabulary: Sequence[str]) -> list[list[int]]:
-    index = {word: i for i, word in enumerate(vocabulary)}
-    return [[index.get(token, UNK_ID) for token in doc] for doc in documents]
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+
+    def __call__(self, tokens: Iterable[str]) -> list[int]:
+        index = self.index
+        return [index.setdefault(token, len(index)) for token in tokens]
+
+    def vocabulary(
+        self, documents: Iterable[Sequence[int]], min_freq: int, max_size: int | None
+    ) -> tuple[list[str], np.ndarray]:
+        """The words of ``documents`` seen at least ``min_freq`` times, most frequent first (ties
+        alphabetical), after <pad> and <unk>; and the (len(index),) int32 map from first-seen ids
+        to vocabulary ids (UNK_ID for every word left out)."""
+        words = list(self.index)  # insertion order = first-seen id
+        counts = np.bincount(np.fromiter(chain.from_iterable(documents), dtype=np.int64), minlength=len(words))
+        frequency = counts.tolist()
+        kept = sorted(np.flatnonzero(counts >= min_freq).tolist(), key=lambda i: (-frequency[i], words[i]))
+        if max_size is not None:
+            kept = kept[:max_size]
+        to_vocabulary = np.full(len(words), UNK_ID, dtype=np.int32)
+        to_vocabulary[kept] = np.arange(UNK_ID + 1, UNK_ID + 1 + len(kept), dtype=np.int32)
+        return [PAD, UNK, *(words[i] for i in kept)], to_vocabulary
 
 
 def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -20,8 +20,7 @@ from textclf.data.encoded import (
     MANIFEST_FILE,
     VOCAB_FILE,
     EncodedSplit,
-    build_vocabulary,
-    encode,
+    TokenIds,
     stratified_holdout,
 )
 from textclf.data.text import Tokenizer, clean, decode
@@ -65,25 +64,31 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path) -> dict:
     if unknown:
         raise TextclfError(f"{archive}: test groups missing from the training split: {unknown}")
 
-    def tokenize(split: str) -> tuple[list[list[str]], list[int]]:
+    token_ids = TokenIds()
+
+    def tokenize(split: str) -> tuple[list[list[int]], list[int]]:
         chosen = [m for m in messages if m.split == split]
-        tokens = [tokenizer(clean(decode(m.raw), cfg.remove)) for m in chosen]
-        return tokens, [label_of[m.group] for m in chosen]
+        documents = [token_ids(tokenizer(clean(decode(m.raw), cfg.remove))) for m in chosen]
+        return documents, [label_of[m.group] for m in chosen]
 
     duplicates = count_duplicates(messages, cfg.train_dir, cfg.test_dir)
-    train_tokens, train_labels = tokenize(cfg.train_dir)
-    test_tokens, test_labels = tokenize(cfg.test_dir)
+    train_documents, train_labels = tokenize(cfg.train_dir)
+    test_documents, test_labels = tokenize(cfg.test_dir)
     kept, held = stratified_holdout(train_labels, cfg.val_fraction, cfg.split_seed)
-    vocabulary = build_vocabulary((train_tokens[i] for i in kept), cfg.min_freq, cfg.max_vocab)
+    # From the documents left for training only: validation and test words are out of vocabulary.
+    vocabulary, to_vocabulary = token_ids.vocabulary(
+        (train_documents[i] for i in kept), cfg.min_freq, cfg.max_vocab
+    )
+
+    def encoded(documents: list[list[int]], labels: list[int], chosen: list[int]) -> EncodedSplit:
+        return EncodedSplit.from_token_ids(
+            [documents[i] for i in chosen], [labels[i] for i in chosen], to_vocabulary
+        )
 
     splits = {
-        "train": EncodedSplit.from_token_ids(
-            encode((train_tokens[i] for i in kept), vocabulary), [train_labels[i] for i in kept]
-        ),
-        "val": EncodedSplit.from_token_ids(
-            encode((train_tokens[i] for i in held), vocabulary), [train_labels[i] for i in held]
-        ),
-        "test": EncodedSplit.from_token_ids(encode(test_tokens, vocabulary), test_labels),
+        "train": encoded(train_documents, train_labels, kept),
+        "val": encoded(train_documents, train_labels, held),
+        "test": EncodedSplit.from_token_ids(test_documents, test_labels, to_vocabulary),
     }
     with staged_dir(out_dir) as staging:
         for name, split in splits.items():
