@@ -83,8 +83,10 @@ def finished_run(cfg: Config, job_fingerprint: str) -> dict[str, Any] | None:
     from mlflow import MlflowClient
 
     uri = tracking_uri(cfg.tracking)
-    client = MlflowClient(uri)
+    # First, under the store lock: a client opens the store, which creates a new SQLite store's
+    # tables, and parallel sweep jobs doing that at once break its migration.
     experiment_id = ensure_experiment(uri, cfg.tracking.experiment_name)
+    client = MlflowClient(uri)
     runs = retry_if_locked(
         client.search_runs,
         [experiment_id],
