@@ -85,6 +85,7 @@ def shrink_overrides(archive: Path, sha256: str, model: str = "fasttext") -> lis
         "trainer.enable_progress_bar=false",
         "train.batch_size=8",
         "train.eval_batch_size=16",
+        "train.resume_interval_s=0",  # a resume point every epoch, so the resume path always runs
     ]
 
 

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 from mlflow import MlflowClient
 
+from textclf.data.encoded import read_manifest
 from textclf.errors import TextclfError
 from textclf.stages.download import download
 from textclf.stages.evaluate import evaluate
 from textclf.stages.preprocess import preprocess
-from textclf.stages.train import train
+from textclf.stages.train import LAST_CHECKPOINT, resume_dir, train
+from textclf.tracking import tracking_uri
 
 METRIC_KEYS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss")
 
@@ -109,3 +112,27 @@ def test_train_without_processed_data_names_it(tiny_config, mlflow_uri: str, tmp
     with pytest.raises(TextclfError, match="processed data not found"):
         train(cfg, tmp_path / "missing", cfg.paths.models, cfg.paths.reports)
     assert not cfg.paths.models.exists()
+
+
+class ResumePointWatcher(pl.Callback):
+    """Notes, at every epoch end after the resume-point callback ran, whether a resume point exists."""
+
+    def __init__(self, last_checkpoint: Path) -> None:
+        self.last_checkpoint = last_checkpoint
+        self.seen: list[bool] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # An epoch's validation ends before its own resume point is due, after the previous one's.
+        if not trainer.sanity_checking:
+            self.seen.append(self.last_checkpoint.is_file())
+
+
+@pytest.mark.parametrize(("interval", "expected"), [("0", [False, True, True]), ("3600", [False, False, False])])
+def test_resume_points_are_written_at_most_every_resume_interval(prepared, mlflow_uri: str, interval, expected) -> None:
+    cfg = prepared("trainer.max_epochs=3", f"train.resume_interval_s={interval}")
+    uri = tracking_uri(cfg.tracking)
+    last = resume_dir(cfg, read_manifest(cfg.paths.processed), uri) / LAST_CHECKPOINT
+    watcher = ResumePointWatcher(last)
+    train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports, callbacks=[watcher])
+    assert watcher.seen == expected
+    assert not last.exists()  # a finished training leaves no resume point behind

@@ -56,6 +56,7 @@ class TrainConfig(_Section):
     label_smoothing: Fraction
     num_threads: PositiveInt | None
     length_buckets: PositiveInt | None
+    resume_interval_s: NonNegativeFloat | None  # 0: a resume point every epoch; null: none
 
 
 class OptimizerConfig(_Section):

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -108,16 +109,29 @@ class EpochSeed(Callback):
 
 class ResumePoint(Checkpoint):
     """Saves the whole training state (weights, optimizer, schedule, loop counters, callback
-    states) to ``path`` at the end of every training epoch, through a temporary file and a
-    rename, so a crash at any moment leaves the last complete epoch's state behind.
+    states) to ``path`` at the end of a training epoch, through a temporary file and a rename,
+    so a crash at any moment leaves the last saved epoch's state behind.
+
+    Saves at the first epoch end at least ``interval_s`` seconds after the previous save (or the
+    start): 0 saves every epoch. The full state of a large embedding table is hundreds of MB,
+    which would cost a model with seconds-long epochs more than the epoch itself.
 
     A Checkpoint subclass, so Lightning runs it after every other callback (the epoch's row of
     curves and the best-checkpoint bookkeeping are in the state it saves)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, interval_s: float) -> None:
         self.path = path
+        self.interval_s = interval_s
+        self._last_save = time.monotonic()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_save = time.monotonic()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        due = time.monotonic() - self._last_save >= self.interval_s
+        # Saving is collective under DDP: every rank follows rank 0's clock.
+        if not trainer.strategy.broadcast(due, src=0):
+            return
         partial = self.path.with_name(f"{self.path.name}.partial")
         trainer.save_checkpoint(partial, weights_only=False)  # all DDP ranks call it; rank 0 writes
         if trainer.is_global_zero:
@@ -125,6 +139,7 @@ class ResumePoint(Checkpoint):
             if flush is not None:  # the run's metrics up to here are stored before the state is
                 flush()
             os.replace(partial, self.path)
+        self._last_save = time.monotonic()
 
 
 def resume_dir(cfg: Config, manifest: dict[str, Any], uri: str) -> Path:
@@ -199,6 +214,8 @@ def train(
 
     resume = resume_dir(cfg, manifest, uri)
     last = resume / LAST_CHECKPOINT
+    interval = cfg.train.resume_interval_s
+    resume_points = [] if interval is None else [ResumePoint(last, interval)]
     checkpoint = ModelCheckpoint(
         dirpath=resume / "best",
         filename=CHECKPOINT_NAME,
@@ -214,7 +231,7 @@ def train(
     trainer: pl.Trainer = instantiate(
         resolved["trainer"],
         logger=False,  # rank 0 gets its MLflow logger below, once the Trainer knows the ranks
-        callbacks=[EpochSeed(cfg.seed), history, *(callbacks or []), checkpoint, ResumePoint(last)],
+        callbacks=[EpochSeed(cfg.seed), history, *(callbacks or []), checkpoint, *resume_points],
         default_root_dir=resume,
         use_distributed_sampler=False,  # the data module shards batches itself (see datamodule.py)
         enable_model_summary=False,
