@@ -14,6 +14,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from textclf.config import Config, validate
 from textclf.params import compose
@@ -121,3 +122,11 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+def assert_same_weights(first: Path, second: Path) -> None:
+    """Two checkpoints hold bitwise-equal tensors under the same names."""
+    a, b = (torch.load(path, map_location="cpu", weights_only=True)["state_dict"] for path in (first, second))
+    assert a.keys() == b.keys()
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert different == [], f"tensors differ: {different}"

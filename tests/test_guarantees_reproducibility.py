@@ -17,29 +17,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow import MlflowClient
 
 from textclf.params import write_params
 
-from conftest import REPO_ROOT, shrink_overrides, subprocess_env
+from conftest import REPO_ROOT, assert_same_weights, shrink_overrides, subprocess_env
 from test_dvc_pipeline import STAGES, copy_repository, run, stages_run
 
 pytestmark = pytest.mark.slow
 
 PROCESS_TIMEOUT = 300
 METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss")
-
-
-def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def assert_same_weights(first: Path, second: Path) -> None:
-    a, b = weights(first), weights(second)
-    assert a.keys() == b.keys()
-    different = [name for name in a if not torch.equal(a[name], b[name])]
-    assert different == [], f"tensors differ: {different}"
 
 
 def git(repo: Path, *args: str) -> str:

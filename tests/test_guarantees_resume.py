@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow import MlflowClient
 
 from textclf.config import load_params, validate
@@ -24,7 +23,7 @@ from textclf.stages.evaluate import evaluate
 from textclf.stages.preprocess import preprocess
 from textclf.stages.train import train
 
-from conftest import REPO_ROOT, build_archive, shrink_overrides, subprocess_env
+from conftest import REPO_ROOT, assert_same_weights, build_archive, shrink_overrides, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -41,17 +40,6 @@ def overrides(archive: Path, sha256: str) -> list[str]:
 
 def paths(root: Path) -> list[str]:
     return [f"paths.{name}={root / name}" for name in ("raw", "processed", "models", "reports", "cache")]
-
-
-def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    return torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-
-
-def assert_same_weights(first: Path, second: Path) -> None:
-    a, b = weights(first), weights(second)
-    assert a.keys() == b.keys()
-    different = [name for name in a if not torch.equal(a[name], b[name])]
-    assert different == [], f"tensors differ: {different}"
 
 
 @pytest.fixture(scope="module")
