@@ -57,15 +57,32 @@ def test_pad_batch_pads_with_pad_id() -> None:
     assert PAD_ID == 0
 
 
-@pytest.mark.parametrize("model", ["fasttext", "lstm", "transformer"])
-def test_every_backbone_maps_a_batch_to_finite_logits(model: str) -> None:
-    cfg = compose([f"model={model}"], root=REPO_ROOT)
+@pytest.mark.parametrize(
+    "overrides",
+    [["model=fasttext"], ["model=lstm"], ["model=transformer"], ["model=transformer", "model.pooling=max_mean"]],
+)
+def test_every_backbone_maps_a_batch_to_finite_logits(overrides: list[str]) -> None:
+    cfg = compose(overrides, root=REPO_ROOT)
     backbone = instantiate(cfg.model, vocab_size=VOCAB, num_classes=3)
     b = batch(max_len=cfg.model.max_len)
     logits = backbone(b["tokens"], b["offsets"], b["lengths"])
     assert logits.shape == (4, 3)
     assert torch.isfinite(logits).all()
     logits.sum().backward()  # gradients flow, also through the empty document
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max_mean"])
+def test_transformer_pooling_ignores_padding(pooling: str) -> None:
+    """A document's logits do not depend on how much longer the other documents in its batch are."""
+    cfg = compose(["model=transformer", f"model.pooling={pooling}", "model.dropout=0.0"], root=REPO_ROOT)
+    torch.manual_seed(0)
+    backbone = instantiate(cfg.model, vocab_size=VOCAB, num_classes=3).eval()
+    alone = BatchedSplit(EncodedSplit.from_token_ids([[2, 3]], [0]), None)[[0]]
+    padded = BatchedSplit(EncodedSplit.from_token_ids([[2, 3], [4, 5, 6, 7, 8]], [0, 1]), None)[[0, 1]]
+    with torch.no_grad():
+        first = backbone(alone["tokens"], alone["offsets"], alone["lengths"])
+        second = backbone(padded["tokens"], padded["offsets"], padded["lengths"])[:1]
+    assert torch.allclose(first, second, atol=1e-5)
 
 
 def test_schedules_follow_their_shapes() -> None:

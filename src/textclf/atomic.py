@@ -111,3 +111,13 @@ def write_json(target: str | Path, data: Any) -> None:
 def write_text(target: str | Path, text: str) -> None:
     with staged_file(target, "w") as handle:
         handle.write(text)
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """``target`` becomes a hard link to ``source`` (no bytes copied), or a copy where links
+    are impossible (another filesystem, no link support). For files that are written once and
+    replaced, never modified in place: a checkpoint of tens of MB costs a copy per place it goes."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)

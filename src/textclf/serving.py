@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 import yaml
 
+from textclf.atomic import link_or_copy
 from textclf.data.datamodule import BatchedSplit
 from textclf.data.encoded import LABELS_FILE, UNK_ID, VOCAB_FILE, EncodedSplit, read_labels
 from textclf.data.text import Tokenizer, clean
@@ -144,7 +145,7 @@ def pack(staging: Path, checkpoint: Path, processed: Path, config: dict[str, Any
     (staging / CONFIG_FILE).write_text(yaml.safe_dump(shareable_config(config), sort_keys=False), encoding="utf-8")
     shutil.copyfile(processed / LABELS_FILE, staging / LABELS_FILE)
     shutil.copyfile(processed / VOCAB_FILE, staging / VOCAB_FILE)
-    shutil.copyfile(checkpoint, staging / CHECKPOINT_FILE)
+    link_or_copy(checkpoint, staging / CHECKPOINT_FILE)  # a temporary directory: no need for a copy
     return {name: str(staging / file) for name, file in files.items()}
 
 

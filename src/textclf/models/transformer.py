@@ -1,9 +1,13 @@
-"""Transformer encoder (pre-norm) over word + learned position embeddings, mean-pooled."""
+"""Transformer encoder (pre-norm) over word + learned position embeddings, pooled over the real
+(unpadded) positions: ``mean``, or ``max_mean`` (max- and mean-pooling concatenated, as the LSTM's
+"concat pooling"; the max path picks out the few telling words of a long message)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from typing import Literal
 
 from textclf.config import Fraction, PositiveInt
 from textclf.data.encoded import PAD_ID
@@ -23,8 +27,10 @@ class TransformerClassifier(nn.Module):
         dropout: Fraction,
         sparse: bool,
         max_len: PositiveInt,
+        pooling: Literal["mean", "max_mean"] = "mean",
     ) -> None:
         super().__init__()
+        self.pooling = pooling
         if embed_dim % num_heads:
             raise TextclfError(
                 f"model.embed_dim ({embed_dim}) must be divisible by model.num_heads ({num_heads})"
@@ -39,7 +45,7 @@ class TransformerClassifier(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(embed_dim)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(embed_dim, num_classes)
+        self.classifier = nn.Linear(embed_dim * (2 if pooling == "max_mean" else 1), num_classes)
 
     def forward(self, tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens (T,), offsets (B,), lengths (B,) -> logits (B, num_classes)"""
@@ -51,4 +57,7 @@ class TransformerClassifier(nn.Module):
         hidden = self.norm(self.encoder(hidden, src_key_padding_mask=padding))
         keep = (~padding).unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
         pooled = (hidden * keep).sum(1) / keep.sum(1)  # (B, E) mean over real positions
+        if self.pooling == "max_mean":
+            largest = hidden.masked_fill(padding.unsqueeze(-1), float("-inf")).max(dim=1).values  # (B, E)
+            pooled = torch.cat([largest, pooled], dim=1)  # (B, 2E)
         return self.classifier(self.dropout(pooled))

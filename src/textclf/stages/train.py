@@ -36,7 +36,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 
-from textclf.atomic import staged_dir, write_text
+from textclf.atomic import link_or_copy, staged_dir, write_text
 from textclf.batched_logger import BatchedMLFlowLogger
 from textclf.config import Config, flatten, load_params, to_dict
 from textclf.data.datamodule import TextDataModule
@@ -326,7 +326,7 @@ def train(
                 raise TextclfError(f"training produced no checkpoint in {resume} (no validation epoch ran?)")
             with staged_dir(models_dir) as staging:
                 model_file = staging / f"{CHECKPOINT_NAME}.ckpt"
-                shutil.copyfile(best, model_file)
+                link_or_copy(best, model_file)  # no copy: the resume directory holding `best` is deleted below
                 # The config that made the checkpoint, secrets masked as in the run's params.
                 (staging / "config.yaml").write_text(
                     yaml.safe_dump(redact_config(resolved), sort_keys=False), encoding="utf-8"
