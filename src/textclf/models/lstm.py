@@ -5,15 +5,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from typing import Literal
-
 from textclf.config import Fraction, PositiveInt
 from textclf.data.encoded import PAD_ID
-from textclf.models.sequence import pad_batch
+from textclf.models.sequence import pad_batch, pool, pooled_width
 
 
 class LSTMClassifier(nn.Module):
@@ -44,8 +44,7 @@ class LSTMClassifier(nn.Module):
             dropout=dropout if num_layers > 1 else 0.0,
         )
         self.dropout = nn.Dropout(dropout)
-        features = hidden_dim * (2 if bidirectional else 1) * (2 if pooling == "max_mean" else 1)
-        self.classifier = nn.Linear(features, num_classes)
+        self.classifier = nn.Linear(pooled_width(hidden_dim * (2 if bidirectional else 1), pooling), num_classes)
 
     def forward(self, tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens (T,), offsets (B,), lengths (B,) -> logits (B, num_classes)"""
@@ -54,10 +53,6 @@ class LSTMClassifier(nn.Module):
         embedded = self.dropout(self.embedding(ids))  # (B, L, E)
         packed = pack_padded_sequence(embedded, steps.cpu(), batch_first=True, enforce_sorted=False)
         output, _ = self.lstm(packed)
-        hidden, _ = pad_packed_sequence(output, batch_first=True, padding_value=float("-inf"))
-        pooled = hidden.max(dim=1).values  # (B, H): padded steps are -inf, so never chosen
-        if self.pooling == "max_mean":
-            real = torch.isfinite(hidden[..., :1])  # (B, L, 1) False at padded steps
-            mean = torch.where(real, hidden, 0.0).sum(1) / real.sum(1).clamp(min=1)  # (B, H)
-            pooled = torch.cat([pooled, mean], dim=1)  # (B, 2H)
-        return self.classifier(self.dropout(pooled))
+        hidden, _ = pad_packed_sequence(output, batch_first=True)  # (B, max(steps), H)
+        real = torch.arange(hidden.size(1), device=steps.device).unsqueeze(0) < steps.unsqueeze(1)  # (B, L)
+        return self.classifier(self.dropout(pool(hidden, real, self.pooling)))

@@ -1,6 +1,9 @@
-"""Turning a flat batch (tokens, lengths) into the padded (B, L) form sequence models use."""
+"""Turning a flat batch (tokens, lengths) into the padded (B, L) form sequence models use, and
+pooling their (B, L, H) outputs back to one vector per document."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 
@@ -18,3 +21,25 @@ def pad_batch(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     mask = positions.unsqueeze(0) < lengths.unsqueeze(1)  # (B, L) True at real tokens
     padded[mask] = tokens
     return padded
+
+
+Pooling = Literal["max", "mean", "max_mean"]
+
+
+def pooled_width(hidden_dim: int, pooling: Pooling) -> int:
+    """Width of ``pool``'s output for (B, L, hidden_dim) inputs."""
+    return hidden_dim * (2 if pooling == "max_mean" else 1)
+
+
+def pool(hidden: torch.Tensor, real: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """hidden (B, L, H), real (B, L) True at real positions (at least one per row) -> (B, H),
+    or (B, 2H) for ``max_mean``: max and mean concatenated ("concat pooling", Howard & Ruder
+    2018). Padded positions are never the max and never in the mean."""
+    mask = real.unsqueeze(-1)  # (B, L, 1)
+    largest = hidden.masked_fill(~mask, float("-inf")).max(dim=1).values  # (B, H)
+    mean = torch.where(mask, hidden, 0.0).sum(1) / mask.sum(1).clamp(min=1)  # (B, H)
+    if pooling == "max":
+        return largest
+    if pooling == "mean":
+        return mean
+    return torch.cat([largest, mean], dim=1)

@@ -4,15 +4,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
-
-from typing import Literal
 
 from textclf.config import Fraction, PositiveInt
 from textclf.data.encoded import PAD_ID
 from textclf.errors import TextclfError
-from textclf.models.sequence import pad_batch
+from textclf.models.sequence import pad_batch, pool, pooled_width
 
 
 class TransformerClassifier(nn.Module):
@@ -45,7 +45,7 @@ class TransformerClassifier(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(embed_dim)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(embed_dim * (2 if pooling == "max_mean" else 1), num_classes)
+        self.classifier = nn.Linear(pooled_width(embed_dim, pooling), num_classes)
 
     def forward(self, tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens (T,), offsets (B,), lengths (B,) -> logits (B, num_classes)"""
@@ -55,9 +55,4 @@ class TransformerClassifier(nn.Module):
         padding = ids.eq(PAD_ID)  # (B, L) True at padding
         padding[:, 0] = False  # an empty document still attends to its first (pad) position
         hidden = self.norm(self.encoder(hidden, src_key_padding_mask=padding))
-        keep = (~padding).unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
-        pooled = (hidden * keep).sum(1) / keep.sum(1)  # (B, E) mean over real positions
-        if self.pooling == "max_mean":
-            largest = hidden.masked_fill(padding.unsqueeze(-1), float("-inf")).max(dim=1).values  # (B, E)
-            pooled = torch.cat([largest, pooled], dim=1)  # (B, 2E)
-        return self.classifier(self.dropout(pooled))
+        return self.classifier(self.dropout(pool(hidden, ~padding, self.pooling)))
