@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,6 +47,63 @@ PRESETS = {
     "transformer": ["+experiment=transformer"],
 }
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One line of issue 3's targets: a figure of the results, its target and its floor (the
+    least that counts as done), compared with ``higher`` (at least) or ``lower`` (at most)."""
+
+    name: str
+    figure: Callable[[dict[str, Any]], float | None]  # None: not measured in this run
+    target: float
+    floor: float | None
+    better: str  # "higher" or "lower"
+    shown: Callable[[float], str]
+
+    def verdict(self, value: float) -> str:
+        def reaches(bound: float) -> bool:
+            return value >= bound if self.better == "higher" else value <= bound
+
+        if reaches(self.target):
+            return "met"
+        if self.floor is not None and reaches(self.floor):
+            return "floor met, target not"
+        return "**not met**"
+
+
+def _model(name: str, key: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda results: results["models"].get(name, {}).get(key)
+
+
+def _percent(value: float) -> str:
+    return f"{value:.1%}"
+
+
+TARGETS = (
+    Target("`fasttext` test accuracy", _model("fasttext", "test_accuracy"), 0.86, 0.85, "higher", _percent),
+    Target("`fasttext` training time", _model("fasttext", "train_seconds"), 30, None, "lower", lambda v: f"{v:.0f} s"),
+    Target("`lstm` test accuracy", _model("lstm", "test_accuracy"), 0.84, 0.80, "higher", _percent),
+    Target("`transformer` test accuracy", _model("transformer", "test_accuracy"), 0.84, 0.80, "higher", _percent),
+    Target("`best` test accuracy", _model("best", "test_accuracy"), 0.88, None, "higher", _percent),
+    Target("train stage / bare loop", lambda r: r["overhead"]["ratio"], 1.05, 1.15, "lower", lambda v: f"{v:.2f}×"),
+    Target("preprocess / CountVectorizer", lambda r: r["preprocess"]["ratio"], 1.0, None, "lower", lambda v: f"{v:.2f}×"),
+    Target("`fasttext` peak RSS", _model("fasttext", "peak_rss_mb"), 1536, None, "lower", lambda v: f"{v:.0f} MB"),
+    Target("no-op `dvc repro`", lambda r: r.get("dvc", {}).get("dvc_repro_noop_seconds"), 3, 5, "lower",
+           lambda v: f"{v:.2f} s"),
+)
+
+
+def render_targets(results: dict[str, Any]) -> list[str]:
+    """The results against issue 3's targets and floors, one row per target."""
+    lines = ["| target (issue 3) | target | floor | measured | |", "|---|---|---|---|---|"]
+    for target in TARGETS:
+        value = target.figure(results)
+        bound = "≥" if target.better == "higher" else "≤"
+        floor = "" if target.floor is None else f"{bound} {target.shown(target.floor)}"
+        measured, verdict = ("not measured", "") if value is None else (target.shown(value), target.verdict(value))
+        lines.append(f"| {target.name} | {bound} {target.shown(target.target)} | {floor} | {measured} | {verdict} |")
+    return lines
 
 
 def median_time(function: Callable[[], Any], repeats: int) -> float:
@@ -185,6 +243,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     if "dvc" in results:
         lines.append(f"| `dvc repro`, nothing changed | {results['dvc']['dvc_repro_noop_seconds']:.2f} s | ≤ 3 s target | |")
+    lines += ["", *render_targets(results)]
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from textclf.data.encoded import read_manifest
@@ -14,7 +15,7 @@ from textclf.errors import TextclfError
 from textclf.stages.download import download
 from textclf.stages.evaluate import evaluate
 from textclf.stages.preprocess import preprocess
-from textclf.stages.train import LAST_CHECKPOINT, resume_dir, train
+from textclf.stages.train import LAST_CHECKPOINT, BestInMemoryIO, resume_dir, train
 from textclf.tracking import tracking_uri
 
 METRIC_KEYS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss")
@@ -136,3 +137,15 @@ def test_resume_points_are_written_at_most_every_resume_interval(prepared, mlflo
     train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports, callbacks=[watcher])
     assert watcher.seen == expected
     assert not last.exists()  # a finished training leaves no resume point behind
+
+
+def test_the_held_best_model_is_on_disk_before_any_other_checkpoint_is(tmp_path: Path) -> None:
+    best, last = tmp_path / "best" / "model.ckpt", tmp_path / "last.ckpt"
+    checkpoint_io = BestInMemoryIO(best.parent)
+    weights = {"weight": torch.ones(3)}
+    checkpoint_io.save_checkpoint(weights, best)
+    weights["weight"].zero_()  # training goes on changing the weights in place
+    assert not best.exists()  # held in memory
+    checkpoint_io.save_checkpoint({"epoch": 1}, last)  # a resume point names the best model: written first
+    assert torch.load(best, weights_only=True)["weight"].tolist() == [1.0, 1.0, 1.0]
+    assert last.is_file()

@@ -111,10 +111,11 @@ class EpochSeed(Callback):
 
 class BestInMemoryIO(TorchCheckpointIO):
     """Checkpoint IO that keeps checkpoints bound for ``held_dir`` (the best-so-far model) in
-    memory and writes them on ``flush()``: when a resume point is written, and when training
-    ends. A model that improves every epoch then costs one write instead of one per epoch
-    (a fasttext n-gram table is about 70 MB: a tenth of a second each). Other checkpoints
-    (the resume point) are written at once. Only rank 0 saves, so only rank 0 holds any.
+    memory and writes them on ``flush()``: when training ends, and before any other checkpoint
+    (a resume point) is written, so a resume point never names a best model that is not on disk.
+    A model that improves every epoch then costs one write instead of one per epoch (a fasttext
+    n-gram table is about 70 MB: a tenth of a second each). Only rank 0 saves, so only rank 0
+    holds any.
 
     What is on disk always matches the last resume point: a run killed between two resume
     points restarts from the older one, with the best model as it was then."""
@@ -127,6 +128,7 @@ class BestInMemoryIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         target = Path(path).absolute()
         if target.parent != self.held_dir:
+            self.flush()  # the best model this checkpoint's callback state names, on disk first
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         # Copied now: training goes on changing the weights in place.
@@ -167,16 +169,13 @@ class ResumePoint(Checkpoint):
         # Saving is collective under DDP: every rank follows rank 0's clock.
         if not trainer.strategy.broadcast(due, src=0):
             return
-        checkpoint_io = trainer.strategy.checkpoint_io
-        if isinstance(checkpoint_io, BestInMemoryIO):  # the best model this state points at, on disk
-            checkpoint_io.flush()
-        partial = self.path.with_name(f"{self.path.name}.partial")
-        trainer.save_checkpoint(partial, weights_only=False)  # all DDP ranks call it; rank 0 writes
+        staged = self.path.with_name(f"{self.path.name}.partial")
+        trainer.save_checkpoint(staged, weights_only=False)  # all DDP ranks call it; rank 0 writes
         if trainer.is_global_zero:
             flush = getattr(trainer.logger, "flush", None)
             if flush is not None:  # the run's metrics up to here are stored before the state is
                 flush()
-            os.replace(partial, self.path)
+            os.replace(staged, self.path)
         self._last_save = time.monotonic()
 
 
