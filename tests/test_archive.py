@@ -120,6 +120,15 @@ def test_flipped_byte_in_gzip_stream(tiny_archive, tmp_path: Path) -> None:
         read_messages(bad, SPLITS)
 
 
+def test_flipped_byte_in_xz_stream(tmp_path: Path) -> None:
+    archive = write_tar(tmp_path / "a.tar.xz", {f"{TRAIN}/a.grp/1": b"one " * 500}, mode="w:xz")
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the compressed block: lzma raises its own error type
+    archive.write_bytes(bytes(data))
+    with pytest.raises(TextclfError, match="corrupt or truncated"):
+        read_messages(archive, SPLITS)
+
+
 @pytest.mark.parametrize(
     "garbage",
     [bytes(range(256)) * 8, b"\x1f\x8b" + b"not really gzip" * 40, b"BZh9" + b"\x00\x01" * 300, b"short"],

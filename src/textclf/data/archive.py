@@ -104,7 +104,7 @@ def read_messages(archive: str | Path, splits: tuple[str, ...]) -> list[Message]
             # Reading to the end makes the decompressor check the stream's CRC and length.
             for _ in iter(lambda: stream.read(1 << 20), b""):
                 pass
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as error:
         raise TextclfError(f"{archive}: corrupt or truncated archive ({error})") from error
     for split in splits:
         if not any(message.split == split for message in messages):
