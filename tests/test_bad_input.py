@@ -9,6 +9,7 @@ in a subprocess; the rest call the stage functions in-process, which is what the
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import io
 import os
@@ -404,6 +405,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_model(
         train(cfg, cfg.paths.processed, models, cfg.paths.reports, callbacks=[PoisonWeights(epoch=1)])
     message = str(error.value)
     assert_one_line(message, "training loss is nan at epoch 1", "training stopped")
+    assert gc.get_freeze_count() == 0  # a failed training unfreezes the collector's objects too
     assert not models.with_name("models.partial").exists()
     client = MlflowClient(mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("textclf").experiment_id], order_by=["start_time DESC"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def prepared(tiny_config):
 def test_train_then_evaluate_fills_one_mlflow_run(prepared, mlflow_uri: str) -> None:
     cfg = prepared("trainer.max_epochs=3")
     summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+    assert gc.get_freeze_count() == 0  # the objects frozen while training are collectable again
     models = cfg.paths.models
     assert sorted(p.name for p in models.iterdir()) == ["config.yaml", "mlflow_run.json", "model.ckpt", "vocab.txt"]
     assert not models.with_name("models.partial").exists()

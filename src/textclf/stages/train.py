@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import hashlib
 import io
 import json
@@ -275,6 +276,10 @@ def train(
         enable_model_summary=False,
         plugins=[best_io],
     )
+    # Every object alive now (imported modules, config, data) outlives the training. Frozen, the
+    # garbage collector no longer walks them in its full collections: over the 700k objects of
+    # torch, Lightning and MLflow each takes about 0.3 s, several per training. Unfrozen at the end.
+    gc.freeze()
     try:
         with ExitStack() as held:
             # The global rank is certain only now (own DDP launcher, torchrun, SLURM): only rank 0
@@ -310,6 +315,7 @@ def train(
             try:
                 # Only the pipeline's own file, in its own cache, is resumed from; it holds
                 # plain tensors and containers, so it loads weights-only as well.
+                gc.freeze()  # and what opening the MLflow run created
                 trainer.fit(module, datamodule=datamodule, ckpt_path=last if resuming else None, weights_only=True)
             except Exception:
                 # A failure (a diverged loss, a bug, a pruned trial) would recur on resume: only
@@ -354,6 +360,7 @@ def train(
         ) from error
     finally:
         restore_launch_state()
+        gc.unfreeze()
 
 
 def main(argv: list[str] | None = None) -> None:
