@@ -242,7 +242,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"| {prep['seconds']:.1f} s | {baselines['countvectorizer_seconds']:.1f} s | {prep['ratio']:.2f}× |",
     ]
     if "dvc" in results:
-        lines.append(f"| `dvc repro`, nothing changed | {results['dvc']['dvc_repro_noop_seconds']:.2f} s | ≤ 3 s target | |")
+        lines.append(f"| `dvc repro`, nothing changed | {results['dvc']['dvc_repro_noop_seconds']:.2f} s | | |")  # its target: TARGETS
     lines += ["", *render_targets(results)]
     return "\n".join(lines) + "\n"
 

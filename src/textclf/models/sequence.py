@@ -36,10 +36,9 @@ def pool(hidden: torch.Tensor, real: torch.Tensor, pooling: Pooling) -> torch.Te
     or (B, 2H) for ``max_mean``: max and mean concatenated ("concat pooling", Howard & Ruder
     2018). Padded positions are never the max and never in the mean."""
     mask = real.unsqueeze(-1)  # (B, L, 1)
-    largest = hidden.masked_fill(~mask, float("-inf")).max(dim=1).values  # (B, H)
-    mean = torch.where(mask, hidden, 0.0).sum(1) / mask.sum(1).clamp(min=1)  # (B, H)
-    if pooling == "max":
-        return largest
-    if pooling == "mean":
-        return mean
-    return torch.cat([largest, mean], dim=1)
+    pooled = []  # only the poolings asked for: forward and backward run over all of (B, L, H)
+    if pooling in ("max", "max_mean"):
+        pooled.append(hidden.masked_fill(~mask, float("-inf")).max(dim=1).values)  # (B, H)
+    if pooling in ("mean", "max_mean"):
+        pooled.append(torch.where(mask, hidden, 0.0).sum(1) / mask.sum(1).clamp(min=1))  # (B, H)
+    return torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0]
