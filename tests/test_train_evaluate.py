@@ -75,7 +75,9 @@ def test_train_then_evaluate_fills_one_mlflow_run(prepared, mlflow_uri: str) -> 
     assert len(run.data.tags["data_hash"]) == 64
     assert "mlflow.source.git.commit" in run.data.tags
     steps = client.get_metric_history(run.info.run_id, "train/loss_step")
-    assert len(steps) == 3 * 5  # 36 training docs / batch 8 = 5 steps per epoch, each logged
+    # 36 training docs / batch 8 = 5 steps per epoch; the config logs every 10th step
+    assert [m.step for m in steps] == [9] and cfg.trainer.log_every_n_steps == 10
+    assert len(client.get_metric_history(run.info.run_id, "train/loss_epoch")) == 3
     assert len(client.get_metric_history(run.info.run_id, "val/f1_macro")) == 3
     assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 3
     assert run.data.metrics["test/accuracy"] == pytest.approx(metrics["accuracy"])
@@ -151,3 +153,24 @@ def test_the_held_best_model_is_on_disk_before_any_other_checkpoint_is(tmp_path:
     checkpoint_io.save_checkpoint({"epoch": 1}, last)  # a resume point names the best model: written first
     assert torch.load(best, weights_only=True)["weight"].tolist() == [1.0, 1.0, 1.0]
     assert last.is_file()
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_step_losses_are_logged_every_n_steps_and_the_epoch_mean_counts_every_step(
+    prepared, mlflow_uri: str, every: int
+) -> None:
+    # 36 training docs in batches of 4: 9 equal batches an epoch, so the epoch's mean loss is
+    # the plain mean of its steps' losses.
+    cfg = prepared("trainer.max_epochs=2", "train.batch_size=4", f"trainer.log_every_n_steps={every}")
+    run_id = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)["run_id"]
+    client = MlflowClient(mlflow_uri)
+    steps = client.get_metric_history(run_id, "train/loss_step")
+    assert [m.step for m in steps] == [s for s in range(18) if (s + 1) % every == 0]
+    epochs = sorted(client.get_metric_history(run_id, "train/loss_epoch"), key=lambda m: m.step)
+    assert [m.step for m in epochs] == [8, 17]
+    if every == 1:
+        losses = [m.value for m in sorted(steps, key=lambda m: m.step)]
+        for epoch, metric in enumerate(epochs):
+            assert metric.value == pytest.approx(sum(losses[9 * epoch : 9 * epoch + 9]) / 9, rel=1e-5)
+    curves = (cfg.paths.reports / "training_curves.csv").read_text().splitlines()
+    assert [float(row.split(",")[2]) for row in curves[1:]] == pytest.approx([m.value for m in epochs], abs=1e-6)

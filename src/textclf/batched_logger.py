@@ -1,6 +1,6 @@
 """Lightning's MLflow logger with metrics written in batches instead of one call per step.
 
-Training logs the loss every step (``trainer.log_every_n_steps: 1``). Lightning's
+Training can log the loss every step (``trainer.log_every_n_steps: 1``). Lightning's
 ``MLFlowLogger`` turns each of those into its own ``log_batch`` call; even asynchronous, that
 is a queue hand-off and a database transaction per step, which costs a small model about a
 third of its training time on 2 cores. Here values are collected with their own step and

@@ -78,8 +78,22 @@ class TextClassifier(pl.LightningModule):
                 " (lower optimizer.lr or set trainer.gradient_clip_val)"
             )
         size = batch["labels"].numel()
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=size)
+        # The epoch's mean loss counts every step (one in-place add); ``self.log``, whose
+        # bookkeeping costs ~0.25 ms a call (a fiftieth of a fasttext step on 2 cores), runs
+        # only on the steps the loggers record (``trainer.log_every_n_steps``) and once per epoch.
+        self._epoch_loss_sum += loss.detach() * size
+        self._epoch_docs += size
+        every = self.trainer.log_every_n_steps
+        if every > 0 and (self.global_step + 1) % every == 0:  # Lightning's own test for a logging step
+            self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=size)
+        if self.trainer.is_last_batch:
+            mean = self._epoch_loss_sum / self._epoch_docs
+            self.log("train/loss_epoch", mean, on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_loss_sum = torch.zeros((), device=self.device)
+        self._epoch_docs = 0
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self._logits(batch)
