@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -25,7 +26,7 @@ from textclf.data.encoded import (
     stratified_holdout,
 )
 from textclf.errors import TextclfError
-from textclf.stages.preprocess import preprocess
+from textclf.stages.preprocess import number_tokens, preprocess, second_process
 
 TRAIN, TEST = "20news-bydate-train", "20news-bydate-test"
 EXPECTED_FILES = {"train.pt", "val.pt", "test.pt", "vocab.txt", "labels.json", "manifest.json"}
@@ -129,6 +130,35 @@ def test_running_twice_is_byte_identical(tiny_config, tiny_archive, tmp_path: Pa
     other = tmp_path / "elsewhere" / "processed"
     preprocess(data, archive, other)
     assert snapshot(other) == first
+
+
+def test_a_second_process_tokenizing_the_test_split_changes_no_byte(tiny_config, tiny_archive, tmp_path: Path) -> None:
+    archive, _ = tiny_archive
+    data = tiny_config().data
+    preprocess(data, archive, tmp_path / "alone", parallel=False)
+    preprocess(data, archive, tmp_path / "shared", parallel=True)
+    assert snapshot(tmp_path / "shared") == snapshot(tmp_path / "alone")
+    worker = second_process()
+    if (os.cpu_count() or 1) > 1:  # Linux, 2 cores here and in CI: the second process is real
+        assert worker is not None
+        with worker:
+            assert worker.submit(os.getpid).result() != os.getpid()
+
+
+def test_renumbered_ids_are_those_numbering_in_one_pass_gives() -> None:
+    first = [b"Spam eggs", b"eggs HAM"]
+    second = [b"ham toast spam", b"jam toast", b"eggs jam beans"]  # new words, old words, repeats
+    settings = (r"(?u)\b\w\w+\b", True, [])
+    together = TokenIds()
+    expected = [together(doc.decode().lower().split()) for doc in first + second]
+    numbering = TokenIds()
+    ids = [numbering(doc.decode().lower().split()) for doc in first]
+    words, flat, lengths = number_tokens(second, *settings)
+    assert words == ["ham", "toast", "spam", "jam", "eggs", "beans"]
+    assert lengths.tolist() == [3, 2, 3]
+    renumbered = numbering.renumber(words, flat).tolist()
+    assert ids + [renumbered[0:3], renumbered[3:5], renumbered[5:8]] == expected
+    assert list(numbering.index) == list(together.index)
 
 
 def test_split_depends_on_the_seed_only(tiny_config, tiny_archive, tmp_path: Path) -> None:

@@ -46,10 +46,16 @@ class EncodedSplit:
     ) -> "EncodedSplit":
         """``documents``: token ids per document; ``id_map``, if given, maps them first
         (``TokenIds.vocabulary``'s first-seen id -> vocabulary id)."""
-        lengths = np.fromiter(map(len, documents), dtype=np.int64, count=len(documents))
-        offsets = np.zeros(len(documents) + 1, dtype=np.int64)
+        return cls.from_flat_ids(*flatten_documents(documents), labels, id_map)
+
+    @classmethod
+    def from_flat_ids(
+        cls, flat: np.ndarray, lengths: np.ndarray, labels: Sequence[int], id_map: np.ndarray | None = None
+    ) -> "EncodedSplit":
+        """``flat`` (T,): every document's token ids, concatenated; ``lengths`` (N,): tokens per
+        document; ``id_map`` as in ``from_token_ids``."""
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        flat = np.fromiter(chain.from_iterable(documents), dtype=np.int64, count=int(offsets[-1]))
         tokens = id_map[flat] if id_map is not None else flat.astype(np.int32)
         return cls(
             tokens=torch.from_numpy(tokens),
@@ -74,6 +80,13 @@ class EncodedSplit:
         return cls(tokens=data["tokens"], offsets=data["offsets"], labels=data["labels"])
 
 
+def flatten_documents(documents: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids per document -> ((T,) int64 ids concatenated, (N,) int64 tokens per document)."""
+    lengths = np.fromiter(map(len, documents), dtype=np.int64, count=len(documents))
+    flat = np.fromiter(chain.from_iterable(documents), dtype=np.int64, count=int(lengths.sum()))
+    return flat, lengths
+
+
 class TokenIds:
     """Numbers every distinct token in order of first appearance.
 
@@ -89,6 +102,13 @@ class TokenIds:
 
     def __call__(self, tokens: Iterable[str]) -> list[int]:
         return list(map(self.index.__getitem__, tokens))
+
+    def renumber(self, words: Sequence[str], ids: np.ndarray) -> np.ndarray:
+        """``ids`` that another TokenIds gave (``words``: its tokens, in its first-seen order)
+        -> the same tokens' ids here. Words new here are numbered in that order, so the result
+        and this numbering are what numbering those documents here would have made."""
+        mapping = np.fromiter(map(self.index.__getitem__, words), dtype=np.int64, count=len(words))
+        return mapping[ids]
 
     def vocabulary(
         self, documents: Iterable[Sequence[int]], min_freq: int, max_size: int | None
