@@ -51,6 +51,7 @@ class TextClassifier(pl.LightningModule):
         self.backbone: nn.Module = instantiate(model, vocab_size=vocab_size, num_classes=num_classes)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.val_metrics = split_metrics(num_classes, prefix="val/")
+        self._epoch_loss_sum, self._epoch_docs = torch.zeros(()), 0  # reset on each epoch's device
 
     def setup(self, stage: str) -> None:
         # Backbones that weight words by corpus statistics (fasttext's tfidf) learn them from
