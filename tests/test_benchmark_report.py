@@ -1,6 +1,6 @@
 """The benchmark's report: every target of issue 3 is judged from the results, none by hand."""
 
-from benchmarks.run import TARGETS, render_targets
+from benchmarks.run import TARGETS, overhead_row, render_targets
 
 
 def results(**models: dict) -> dict:
@@ -38,3 +38,17 @@ def test_a_preset_that_was_not_run_is_reported_as_not_measured() -> None:
     lines = render_targets(results(fasttext={"test_accuracy": 0.87, "train_seconds": 40.0, "peak_rss_mb": 900}))
     assert row(lines, "`best` test accuracy")[-2:] == ["not measured", ""]
     assert row(lines, "`fasttext` training time")[-2:] == ["40 s", "**not met**"]
+
+
+def test_the_overhead_row_shows_the_spread_of_runs_and_of_pair_ratios() -> None:
+    overhead = {
+        "epochs": 6, "pipeline_seconds": 18.0, "bare_seconds": 15.0, "ratio": 1.2,
+        "pipeline_runs": [18.0, 17.0, 21.0], "bare_runs": [15.0, 16.0, 14.0],
+    }
+    cells = [cell.strip() for cell in overhead_row(overhead).strip("|").split("|")]
+    assert cells == [
+        "fasttext train stage vs bare PyTorch loop, 6 epochs",
+        "18.0 s (runs 17.0–21.0)",
+        "15.0 s (runs 14.0–16.0)",
+        "1.20× (pairs 1.06–1.50)",
+    ]
