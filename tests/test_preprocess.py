@@ -145,6 +145,23 @@ def test_a_second_process_tokenizing_the_test_split_changes_no_byte(tiny_config,
             assert worker.submit(os.getpid).result() != os.getpid()
 
 
+def die_at_once(*args: object) -> None:
+    os._exit(9)  # in the forked worker: as if the kernel had killed it
+
+
+def test_a_killed_tokenizing_process_is_one_line_and_leaves_no_output(
+    tiny_config, tiny_archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if second_process() is None:
+        pytest.skip("no forked second process on this machine")
+    monkeypatch.setattr(preprocess_module, "number_tokens", die_at_once)
+    archive, _ = tiny_archive
+    out = tmp_path / "processed"
+    with pytest.raises(TextclfError, match="process tokenizing the test split died.*rerun preprocess"):
+        preprocess(tiny_config().data, archive, out)
+    assert not out.exists()
+
+
 def test_renumbered_ids_are_those_numbering_in_one_pass_gives() -> None:
     first = [b"Spam eggs", b"eggs HAM"]
     second = [b"ham toast spam", b"jam toast", b"eggs jam beans"]  # new words, old words, repeats

@@ -13,7 +13,9 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -59,14 +61,21 @@ def count_duplicates(messages: list[Message], train_dir: str, test_dir: str) -> 
     }
 
 
+def number_documents(
+    raws: Iterable[bytes], tokenizer: Tokenizer, remove: list[str], token_ids: TokenIds
+) -> list[list[int]]:
+    """Raw messages -> their tokens' ids in ``token_ids`` (new tokens numbered as they come)."""
+    return [token_ids(tokenizer(clean(decode(raw), remove))) for raw in raws]
+
+
 def number_tokens(
     raws: list[bytes], token_pattern: str, lowercase: bool, remove: list[str]
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Tokenizes and numbers ``raws`` on their own (the share of a second process): -> (the
     distinct tokens in order of first appearance, (T,) their ids in document order, (N,)
     tokens per document). ``TokenIds.renumber`` carries the ids over to the main numbering."""
-    tokenizer, token_ids = Tokenizer(token_pattern, lowercase), TokenIds()
-    documents = [token_ids(tokenizer(clean(decode(raw), remove))) for raw in raws]
+    token_ids = TokenIds()
+    documents = number_documents(raws, Tokenizer(token_pattern, lowercase), remove, token_ids)
     return list(token_ids.index), *flatten_documents(documents)
 
 
@@ -94,26 +103,25 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path, parallel: bool = T
     if unknown:
         raise TextclfError(f"{archive}: test groups missing from the training split: {unknown}")
 
+    train_messages, test_messages = ([m for m in messages if m.split == split] for split in (cfg.train_dir, cfg.test_dir))
+    train_labels, test_labels = ([label_of[m.group] for m in chosen] for chosen in (train_messages, test_messages))
     token_ids = TokenIds()
-
-    def tokenize(split: str) -> tuple[list[list[int]], list[int]]:
-        chosen = [m for m in messages if m.split == split]
-        documents = [token_ids(tokenizer(clean(decode(m.raw), cfg.remove))) for m in chosen]
-        return documents, [label_of[m.group] for m in chosen]
-
-    test_messages = [m for m in messages if m.split == cfg.test_dir]
-    test_labels = [label_of[m.group] for m in test_messages]
     test_job = ([m.raw for m in test_messages], cfg.token_pattern, cfg.lowercase, list(cfg.remove))
     worker = second_process() if parallel else None
     try:
         test_numbered: Future | None = worker.submit(number_tokens, *test_job) if worker else None
         duplicates = count_duplicates(messages, cfg.train_dir, cfg.test_dir)
-        train_documents, train_labels = tokenize(cfg.train_dir)  # numbered first, as if alone
-        test_words, test_ids, test_lengths = test_numbered.result() if test_numbered else number_tokens(*test_job)
+        # Numbered first, as if alone: the test split's new tokens are renumbered after these.
+        train_documents = number_documents((m.raw for m in train_messages), tokenizer, cfg.remove, token_ids)
+        test_words, worker_ids, test_lengths = test_numbered.result() if test_numbered else number_tokens(*test_job)
+    except BrokenProcessPool as error:  # killed: out of memory, or by a signal
+        raise TextclfError(
+            f"{archive}: the process tokenizing the test split died ({error}); free memory and rerun preprocess"
+        ) from error
     finally:
         if worker:
             worker.shutdown(cancel_futures=True)
-    test_ids = token_ids.renumber(test_words, test_ids)
+    test_ids = token_ids.renumber(test_words, worker_ids)
     kept, held = stratified_holdout(train_labels, cfg.val_fraction, cfg.split_seed)
     # From the documents left for training only: validation and test words are out of vocabulary.
     vocabulary, to_vocabulary = token_ids.vocabulary(
