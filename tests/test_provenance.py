@@ -57,7 +57,7 @@ def test_a_training_run_is_tagged_with_its_provenance_and_logs_no_secret(
 
     # The resolved config beside the checkpoint, and its copy in the run, are masked alike.
     client = MlflowClient(mlflow_uri)
-    artifact = Path(client.download_artifacts(run.info.run_id, "checkpoint/config.yaml", str(tmp_path)))
+    artifact = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path)))
     for config in (cfg.paths.models / "config.yaml", artifact):
         text = config.read_text()
         assert "hunter2" not in text and "tok-0123456789abcdef" not in text

@@ -338,10 +338,9 @@ def train(
                 )
                 shutil.copyfile(processed / VOCAB_FILE, staging / VOCAB_FILE)
                 write_run_reference(staging, logger.run_id, logger.experiment_id)
-                for name in (model_file.name, "config.yaml", VOCAB_FILE):
-                    retry_if_locked(
-                        logger.experiment.log_artifact, logger.run_id, str(staging / name), artifact_path="checkpoint"
-                    )
+                # The run shows the config at its root; the weights and the vocabulary are stored
+                # once, inside the logged model (runs:/<id>/model/artifacts/), not again beside it.
+                retry_if_locked(logger.experiment.log_artifact, logger.run_id, str(staging / "config.yaml"))
                 from textclf.serving import log_model  # here: it imports mlflow.pyfunc (about a second)
 
                 log_model(uri, logger.run_id, model_file, processed, resolved)  # the shippable pyfunc: runs:/<id>/model
