@@ -1,7 +1,7 @@
 """The benchmark: textclf against what a user would pick instead, side by side, in one run.
 
     python -m benchmarks.run --archive PATH --sha256 HASH [--models fasttext,lstm,transformer,best]
-                             [--repeats 7] [--skip-dvc]
+                             [--repeats 7] [--skip-dvc] [--results DIR] [--no-readme]
 
 Measures on the full corpus, on this machine, in this one run:
   * each model preset: test accuracy / macro-F1, training wall time, time to 80/84/86/88% test
@@ -10,8 +10,9 @@ Measures on the full corpus, on this machine, in this one run:
   * the train stage vs a bare PyTorch loop on the same fasttext config (framework overhead);
   * the preprocess stage vs CountVectorizer().fit_transform + transform on the same texts;
   * `dvc repro` when nothing changed.
-Timings are medians over --repeats runs where cheap. Writes benchmarks/results/latest.json and
-latest.md, and the table into README.md between the benchmark markers.
+Timings are medians over --repeats runs where cheap. Writes latest.json and latest.md into
+--results (benchmarks/results/), and the table into README.md between the benchmark markers
+unless --no-readme.
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ def update_readme(table: str) -> None:
         readme.write_text(f"{head}{README_START}\n{table}{README_END}{tail}", encoding="utf-8")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archive", required=True, help="path or URL of 20news-bydate.tar.gz")
     parser.add_argument("--sha256", required=True, help="its SHA-256")
@@ -277,7 +278,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)  # the machine is noisy: medians of 7
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".work")
     parser.add_argument("--skip-dvc", action="store_true", help="skip the `dvc repro` measurements")
-    args = parser.parse_args()
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where latest.json and latest.md go")
+    parser.add_argument("--no-readme", action="store_true", help="leave the README's results table as it is")
+    args = parser.parse_args(argv)
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -336,11 +339,12 @@ def main() -> None:
         print("dvc repro", flush=True)
         results["dvc"] = dvc_noop(work, [*data], args.repeats)
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "latest.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     table = render_markdown(results)
-    (RESULTS / "latest.md").write_text(table, encoding="utf-8")
-    update_readme(table)
+    (args.results / "latest.md").write_text(table, encoding="utf-8")
+    if not args.no_readme:
+        update_readme(table)
     print(table)
 
 
