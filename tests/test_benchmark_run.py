@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run import ROOT, TARGETS, main
+from benchmarks.run import RESULTS, ROOT, TARGETS, main
 
 THRESHOLDS = {"80%", "84%", "86%", "88%"}
 
@@ -18,7 +18,7 @@ def test_the_benchmark_measures_everything_it_reports(
     tmp_path: Path, tiny_archive: tuple[Path, str], mlflow_uri: str
 ) -> None:
     archive, sha256 = tiny_archive
-    readme, shipped = (ROOT / "README.md").read_bytes(), (ROOT / "benchmarks" / "results" / "latest.json").read_bytes()
+    readme, shipped = (ROOT / "README.md").read_bytes(), (RESULTS / "latest.json").read_bytes()
     results_dir = tmp_path / "results"
     main([
         "--archive", str(archive), "--sha256", sha256, "--models", "fasttext", "--repeats", "1",
@@ -44,4 +44,4 @@ def test_the_benchmark_measures_everything_it_reports(
     assert "| fasttext |" in table and "| lstm |" not in table  # only the presets asked for
     assert all(f"| {target.name} |" in table for target in TARGETS)
     assert (ROOT / "README.md").read_bytes() == readme  # --no-readme
-    assert (ROOT / "benchmarks" / "results" / "latest.json").read_bytes() == shipped  # --results
+    assert (RESULTS / "latest.json").read_bytes() == shipped  # --results
