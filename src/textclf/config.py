@@ -193,7 +193,7 @@ CREDENTIAL_HINTS = {
     "data.url": DOWNLOAD_AUTH_HINT,
     "data.mirrors": DOWNLOAD_AUTH_HINT,
 }
-DEFAULT_CREDENTIAL_HINT = "pass them in the environment or a file the client reads (~/.netrc, ~/.pgpass)"
+DEFAULT_CREDENTIAL_HINT = "pass them in the environment or a file the client reads (~/.netrc, ~/.pgpass, PGPASSWORD)"
 
 
 def credentials_in_url(text: str) -> bool:
@@ -224,6 +224,8 @@ def credential_problems(values: Any, prefix: str = "") -> list[str]:
     from textclf.tracking import mask_userinfo  # tracking imports this module
 
     hint = CREDENTIAL_HINTS.get(key, DEFAULT_CREDENTIAL_HINT)
+    if key == "tracking.uri" and not values.lower().startswith(("http://", "https://")):
+        hint = DEFAULT_CREDENTIAL_HINT  # a database store: its client reads ~/.pgpass, PGPASSWORD
     return [
         f"{key}: {mask_userinfo(values)} has credentials in the URL, and params go into params.yaml, "
         f"dvc.lock and git: remove them; {hint}"
