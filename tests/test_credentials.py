@@ -46,6 +46,18 @@ def test_a_database_user_without_a_password_is_not_a_secret() -> None:
     assert credential_problems({"data": {"url": "https://example.org/a@b.tar.gz"}}) == []  # "@" in the path
 
 
+def test_a_search_storage_with_a_password_is_refused() -> None:
+    from omegaconf import OmegaConf
+
+    from textclf.tune import SEARCH_KEY, compose_tune, load_search
+
+    composed = compose_tune([f"{SEARCH_KEY}.storage=postgresql://optuna:hunter2@db.example.org/optuna"], REPO_ROOT)
+    with pytest.raises(TextclfError) as error:
+        load_search(OmegaConf.to_container(composed[SEARCH_KEY], resolve=True))
+    assert f"{SEARCH_KEY}.storage: postgresql://***@db.example.org" in str(error.value)
+    assert "hunter2" not in str(error.value) and "~/.pgpass" in str(error.value)
+
+
 def written(directory: Path) -> list[str]:
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
 
