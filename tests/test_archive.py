@@ -324,3 +324,68 @@ def test_tokenizer_matches_scikit_learn() -> None:
 def test_invalid_token_pattern_names_the_setting(pattern: str) -> None:
     with pytest.raises(TextclfError, match=r"data\.token_pattern"):
         Tokenizer(pattern, lowercase=True)
+
+
+# --- limits and other formats ------------------------------------------------------------
+
+BOMB_MEMBER = f"{TRAIN}/g.one/bomb"
+BOMB = {**BASE, BOMB_MEMBER: bytes(64 * 1024)}  # 64 KiB of zeros: a few hundred bytes gzipped
+
+
+def assert_one_line_and_nothing_written(caught: pytest.ExceptionInfo, directory: Path, before: set[str]) -> str:
+    message = str(caught.value)
+    assert "\n" not in message
+    assert set(os.listdir(directory)) == before
+    return message
+
+
+def test_a_member_over_the_document_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    archive = write_tar(tmp_path / "bomb.tar.gz", BOMB)
+    assert archive.stat().st_size < 2048  # the bomb is small; its member is not
+    before = set(os.listdir(tmp_path))
+    with pytest.raises(TextclfError) as caught:
+        read_messages(archive, SPLITS, max_document_bytes=1024)
+    message = assert_one_line_and_nothing_written(caught, tmp_path, before)
+    assert f"member '{BOMB_MEMBER}' is 65536 bytes" in message
+    assert "data.max_document_bytes=1024" in message and str(archive) in message
+    assert len(read_messages(archive, SPLITS, max_document_bytes=65536)) == 3  # at the limit: read
+
+
+@pytest.mark.parametrize("mode", ["w:gz", "w:bz2", "w:xz", "w"])
+def test_more_decompressed_bytes_than_the_archive_limit_stop_the_read(tmp_path: Path, mode: str) -> None:
+    archive = write_tar(tmp_path / "bomb.tar", BOMB, mode=mode)
+    before = set(os.listdir(tmp_path))
+    with pytest.raises(TextclfError) as caught:
+        read_messages(archive, SPLITS, max_archive_bytes=16 * 1024)
+    message = assert_one_line_and_nothing_written(caught, tmp_path, before)
+    assert message == (
+        f"{archive}: decompresses to more than data.max_archive_bytes=16384 bytes; "
+        "raise data.max_archive_bytes, or set it to null for no limit, if this archive is trusted"
+    )
+    # Counted over everything read, not only the members kept: a bomb outside the splits too.
+    elsewhere = write_tar(tmp_path / "elsewhere.tar", {**BASE, "other/zeros": bytes(64 * 1024)}, mode=mode)
+    with pytest.raises(TextclfError, match="data.max_archive_bytes=16384"):
+        read_messages(elsewhere, SPLITS, max_archive_bytes=16 * 1024)
+
+
+def test_a_huge_pax_header_is_refused_as_corrupt(tmp_path: Path) -> None:
+    archive = tmp_path / "pax.tar.gz"
+    with tarfile.open(archive, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(f"{TRAIN}/g.one/1")
+        info.pax_headers = {"comment": "x" * (2 << 20)}  # 2 MiB, read whole by tarfile
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(TextclfError) as caught:
+        read_messages(archive, SPLITS)
+    assert "\n" not in str(caught.value) and "metadata header" in str(caught.value)
+
+
+def test_a_zip_file_is_named_as_a_zip(tmp_path: Path) -> None:
+    import zipfile
+
+    archive = tmp_path / "20news-bydate.tar.gz"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for name, payload in BASE.items():
+            zipped.writestr(name, payload)
+    with pytest.raises(TextclfError) as caught:
+        read_messages(archive, SPLITS)
+    assert str(caught.value) == f"{archive}: is a zip file, not a tar archive (repack it as .tar.gz)"

@@ -445,3 +445,25 @@ def test_a_full_disk_leaves_nothing_half_written(tmp_path: Path, monkeypatch, wh
     target = cfg.paths.processed if stage == "preprocess" else cfg.paths.raw / cfg.data.archive_name
     assert_one_line(str(error.value), f"cannot write {target}: No space left on device")
     assert_nothing_half_written(tmp_path, stage)
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path: Path):
+    """A 4 KiB tmpfs at tmp_path/full (root only; skipped where mounting is not permitted)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_real_full_disk_during_preprocess_is_one_line_and_leaves_nothing(tmp_path: Path, tiny_filesystem: Path) -> None:
+    cfg = load_params(write_params(tmp_path, f"paths.processed={tiny_filesystem / 'processed'}"))
+    download(cfg.data, cfg.paths.raw, progress=False)
+    with pytest.raises(TextclfError) as error:
+        preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+    assert_one_line(str(error.value), f"cannot write {cfg.paths.processed}: No space left on device (nothing was written")
+    assert isinstance(error.value.__cause__.__cause__, RuntimeError)  # torch.save's own error, not a fake
+    assert list(tiny_filesystem.iterdir()) == []

@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 from textclf.config import load_params, validate
 from textclf.errors import TextclfError
 from textclf.params import compose, write_params
-from textclf.stages.preprocess import PREPROCESS_PARAMS
+from textclf.stages.preprocess import PREPROCESS_LIMITS, PREPROCESS_PARAMS
 
 from conftest import REPO_ROOT, subprocess_env
 
@@ -48,7 +48,7 @@ def test_committed_params_yaml_is_the_composition_of_conf(tmp_path: Path) -> Non
 def test_dvc_yaml_preprocess_params_match_what_preprocess_reads() -> None:
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
     declared = {key.removeprefix("data.") for key in stages["preprocess"]["params"]}
-    assert declared == PREPROCESS_PARAMS
+    assert declared == PREPROCESS_PARAMS | PREPROCESS_LIMITS
 
 
 def test_dvc_config_enables_hydra_composition_of_conf() -> None:

@@ -9,6 +9,10 @@ The server (127.0.0.1, a free port, one thread per request) misbehaves per path:
   /flaky/<n>     500 for the first n requests, then the payload
   /stall         says nothing for longer than the client's timeout
   /stall-body    sends the headers and half the body, then says nothing
+  /auth          the payload to requests with the Authorization header in server.expected_auth,
+                 else 401
+  /endless       zeros without a Content-Length, until the client hangs up
+  /huge          a Content-Length of 1 TB (and the payload)
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ PAYLOAD = bytes(range(256)) * 64  # 16 KiB
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 STALL_LIMIT_SECONDS = 10.0  # a stalled handler gives up after this, whatever happens
 TIMEOUT = 0.3  # the client's per-request timeout in these tests
+CHUNK = 64 * 1024
+ENDLESS_CAP = 1 << 30  # /endless stops here whatever happens, so a broken limit fails, not hangs
 
 
 class FaultServer(ThreadingHTTPServer):
@@ -44,6 +50,8 @@ class FaultServer(ThreadingHTTPServer):
         self.authorization: list[str | None] = []  # the Authorization header of each request
         self.lock = threading.Lock()
         self.release = threading.Event()  # set at teardown: stalled handlers return at once
+        self.expected_auth: str | None = None
+        self.endless_sent = 0  # bytes /endless sent before the client hung up
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
@@ -85,6 +93,23 @@ class FaultHandler(BaseHTTPRequestHandler):
             self._headers(500, 0)
         elif self.path.startswith("/flaky/"):
             self._headers()
+            self.wfile.write(PAYLOAD)
+        elif self.path == "/auth" and self.headers.get("Authorization") == self.server.expected_auth:
+            self._headers()
+            self.wfile.write(PAYLOAD)
+        elif self.path == "/auth":
+            self._headers(401, 0)
+        elif self.path == "/endless":
+            self.send_response(200)
+            self.end_headers()  # no Content-Length: the body ends when the connection does
+            try:
+                while not self.server.release.is_set() and self.server.endless_sent < ENDLESS_CAP:
+                    self.wfile.write(bytes(CHUNK))
+                    self.server.endless_sent += CHUNK
+            except OSError:  # the client hung up
+                pass
+        elif self.path == "/huge":
+            self._headers(length=10**12)
             self.wfile.write(PAYLOAD)
         elif self.path == "/stall":
             self.server.release.wait(STALL_LIMIT_SECONDS)
@@ -223,13 +248,112 @@ def test_every_failure_is_listed_in_one_line(server, sleeps, tmp_path: Path) -> 
     assert leftovers(tmp_path / "raw") == []
 
 
-def test_url_credentials_are_sent_as_basic_auth_and_never_shown(server, sleeps, tmp_path: Path) -> None:
+@pytest.fixture
+def no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A HOME without ~/.netrc and no credentials in the environment; returns that HOME."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("NETRC", download_module.AUTH_ENV, download_module.TOKEN_ENV):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+def basic(credentials: bytes) -> str:
+    return "Basic " + base64.b64encode(credentials).decode()
+
+
+def test_credentials_in_a_url_are_refused_and_never_shown(server, sleeps, no_credentials, tmp_path: Path) -> None:
     port = server.server_address[1]
+    for url in (f"http://alice:hunter2@127.0.0.1:{port}/auth", f"http://hunter2@127.0.0.1:{port}/auth"):
+        with pytest.raises(TextclfError) as error:
+            fetch([url], tmp_path / "a.tar.gz", retries=0)
+        message = str(error.value)
+        assert "hunter2" not in message and "\n" not in message
+        assert f"http://***@127.0.0.1:{port}/auth: credentials in the URL are not accepted" in message
+        assert "~/.netrc" in message and download_module.AUTH_ENV in message
+    assert server.hits["/auth"] == 0 and leftovers(tmp_path) == ["home"]
+
+
+def test_netrc_credentials_are_sent_as_basic_auth_to_their_host(
+    server, sleeps, no_credentials: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    server.expected_auth = basic(b"alice:hunter2")
+    with pytest.raises(TextclfError, match="HTTP 401"):  # no netrc: no credentials
+        fetch([server.url("/auth")], tmp_path / "a.tar.gz", retries=0)
+    netrc_file = no_credentials / ".netrc"
+    netrc_file.write_text("machine 127.0.0.1 login alice password hunter2\n")
+    netrc_file.chmod(0o600)
+    assert fetch([server.url("/auth")], tmp_path / "a.tar.gz").read_bytes() == PAYLOAD
+    # $NETRC names another file; an entry for another host sends nothing.
+    other = tmp_path / "other-netrc"
+    other.write_text("machine example.org login bob password other\n")
+    monkeypatch.setenv("NETRC", str(other))
+    with pytest.raises(TextclfError, match="HTTP 401"):
+        fetch([server.url("/auth")], tmp_path / "b.tar.gz", retries=0)
+    assert server.authorization == [None, basic(b"alice:hunter2"), None]
+
+
+def test_environment_credentials_go_to_the_host_of_data_url_only(
+    server, sleeps, no_credentials, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    server.expected_auth = basic(b"alice:hunter2")
+    monkeypatch.setenv(download_module.AUTH_ENV, "alice:hunter2")
+    assert fetch([server.url("/auth")], tmp_path / "a.tar.gz").read_bytes() == PAYLOAD
+    # A mirror on another host ("localhost" is not "127.0.0.1") is not sent data.url's secret.
+    mirror = server.url("/auth").replace("127.0.0.1", "localhost")
+    with pytest.raises(TextclfError, match="HTTP 401"):
+        fetch([server.url("/missing"), mirror], tmp_path / "b.tar.gz", retries=0)
+    monkeypatch.setenv(download_module.TOKEN_ENV, "t0ken")  # a bearer token wins over user:password
+    server.expected_auth = "Bearer t0ken"
+    assert fetch([server.url("/auth")], tmp_path / "c.tar.gz").read_bytes() == PAYLOAD
+    assert server.authorization == [basic(b"alice:hunter2"), basic(b"alice:hunter2"), None, "Bearer t0ken"]
+
+
+def test_a_body_past_the_download_limit_stops_at_the_limit_and_leaves_nothing(
+    server, sleeps, tmp_path: Path
+) -> None:
+    limit = 256 * 1024
     with pytest.raises(TextclfError) as error:
-        fetch([f"http://alice:hunter2@127.0.0.1:{port}/missing"], tmp_path / "a.tar.gz", retries=0)
+        download([server.url("/endless")], tmp_path / "raw" / "a.tar.gz", SHA256, progress=False, max_bytes=limit)
+    assert str(error.value) == (
+        f"could not download the archive: {server.url('/endless')}: the body sent is over "
+        f"data.max_download_bytes={limit} (raise it, or set it to null for no limit, if this source is trusted)"
+    )
+    assert server.hits["/endless"] == 1 and sleeps == []  # not retried
+    assert leftovers(tmp_path / "raw") == []
+    assert server.endless_sent < ENDLESS_CAP
+
+
+def test_a_content_length_past_the_download_limit_is_refused_before_reading(server, sleeps, tmp_path: Path) -> None:
+    with pytest.raises(TextclfError) as error:
+        download([server.url("/huge")], tmp_path / "raw" / "a.tar.gz", SHA256, progress=False, max_bytes=1 << 20)
     message = str(error.value)
-    assert "hunter2" not in message and f"http://***@127.0.0.1:{port}/missing: HTTP 404" in message
-    assert server.authorization == ["Basic " + base64.b64encode(b"alice:hunter2").decode()]
+    assert f"{server.url('/huge')}: Content-Length 1000000000000 is over data.max_download_bytes=1048576" in message
+    assert "\n" not in message and leftovers(tmp_path / "raw") == []
+    # ... and the next URL is tried: another server may have the right file.
+    target = download([server.url("/huge"), server.url("/ok")], tmp_path / "a.tar.gz", SHA256, progress=False,
+                      max_bytes=len(PAYLOAD))
+    assert target.read_bytes() == PAYLOAD  # exactly at the limit: kept
+
+
+@pytest.mark.parametrize("source", ["file:///dev/zero", "/dev/zero"])
+def test_a_device_is_not_read_as_an_archive(sleeps, tmp_path: Path, source: str) -> None:
+    with pytest.raises(TextclfError) as error:
+        download([source], tmp_path / "raw" / "a.tar.gz", SHA256, progress=False, max_bytes=1 << 20)
+    assert str(error.value) == (
+        f"could not download the archive: {source}: not a regular file: /dev/zero (a directory, device or pipe)"
+    )
+    assert leftovers(tmp_path / "raw") == []
+
+
+def test_a_local_file_past_the_download_limit_is_refused(sleeps, tmp_path: Path) -> None:
+    archive = tmp_path / "big.tar.gz"
+    archive.write_bytes(PAYLOAD)
+    for source in (str(archive), archive.as_uri()):
+        with pytest.raises(TextclfError, match=f"its size, {len(PAYLOAD)} bytes, is over data.max_download_bytes=1000"):
+            download([source], tmp_path / "raw" / "a.tar.gz", SHA256, progress=False, max_bytes=1000)
+    assert leftovers(tmp_path / "raw") == []
 
 
 def test_the_stage_retries_then_uses_the_mirrors(server, sleeps, tiny_config, tmp_path: Path) -> None:

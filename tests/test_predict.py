@@ -67,6 +67,15 @@ def test_texts_come_from_arguments_a_file_or_stdin(tmp_path: Path) -> None:
         read_texts([], tmp_path / "missing.txt", io.StringIO(""))
 
 
+def test_a_latin1_file_is_decoded_as_preprocess_decodes_the_corpus(tmp_path: Path) -> None:
+    file = tmp_path / "latin1.txt"
+    file.write_bytes("café crème\r\n\nnaïve\n".encode("latin-1") + b"wait\x85 one line\n")
+    with pytest.raises(UnicodeDecodeError):
+        file.read_text(encoding="utf-8")  # what used to crash predict --file
+    assert read_texts([], file, io.StringIO("ignored")) == ["café crème", "naïve", "wait\x85 one line"]
+    assert read_texts([], None, io.TextIOWrapper(io.BytesIO(file.read_bytes()))) == read_texts([], file, io.StringIO(""))
+
+
 def test_main_prints_a_line_per_text_or_json(run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     main(["--run-id", run.run_id, "--tracking-uri", run.uri, *TEXTS.values()])
     lines = capsys.readouterr().out.splitlines()

@@ -25,7 +25,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from textclf.config import validate
+from textclf.config import credential_problems, validate
 from textclf.errors import TextclfError
 from textclf.params import CONFIG_NAME, conf_dir, describe_composition_error
 
@@ -45,14 +45,17 @@ def run(cfg: DictConfig) -> float:
     """One Hydra job; returns the best validation macro-F1 (what a sweeper maximizes)."""
     from textclf.distributed import ddp_children_rerun_this_job
     from textclf.pipeline import run_pipeline
+    from textclf.tracking import redact_secrets
 
     hydra_cfg = HydraConfig.get()
     config = validate(cfg, source="config")
     # Tags that tie the MLflow run to its Hydra job (the overrides tell sweep jobs apart).
+    # Masked like the params (values of secret environment variables, URL userinfo).
     tags = {"hydra.overrides": hydra_cfg.job.override_dirname, "hydra.output_dir": hydra_cfg.runtime.output_dir}
     sweep = hydra_cfg.mode.name == "MULTIRUN"
     if sweep:
         tags["hydra.job.num"] = str(hydra_cfg.job.num)
+    tags = {key: str(value) for key, value in redact_secrets(tags).items()}
     # With trainer.devices > 1, Lightning re-runs this command for the other DDP ranks: make
     # that re-run this one job (not the whole sweep) in this job's directory.
     with ddp_children_rerun_this_job():
@@ -69,12 +72,27 @@ def run(cfg: DictConfig) -> float:
     return float(summary.get("best_val_f1_macro", 0.0))
 
 
+def refuse_credentials(arguments: list[str]) -> None:
+    """Hydra writes the overrides into the job's .hydra/ directory before the job validates its
+    config, so an override with credentials in a URL is refused here, before anything is written."""
+    problems = []
+    for argument in arguments:
+        key, equals, value = argument.partition("=")
+        if equals:
+            problems += credential_problems(value, prefix=key.lstrip("+~") + ".")
+        else:
+            problems += credential_problems(argument, prefix="argument.")
+    if problems:
+        raise TextclfError("invalid overrides: " + "; ".join(problems))
+
+
 def main() -> None:
     app = hydra.main(config_path=str(conf_dir()), config_name=CONFIG_NAME, version_base=None)(run)
     # Hydra prints its own multi-line report (and a traceback) for any error unless this is
     # set; set, errors come back here: a bad input is one line, a bug keeps its traceback.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
+        refuse_credentials(sys.argv[1:])
         app()
     except TextclfError as error:
         print(f"error: {error}", file=sys.stderr)

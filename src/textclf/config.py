@@ -9,8 +9,10 @@ build: the constructor's own annotations (``Annotated[int, Field(gt=0)]``) are t
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 from hydra.utils import get_object
@@ -47,6 +49,9 @@ class DataConfig(_Section):
     max_vocab: PositiveInt | None
     val_fraction: Annotated[float, Field(gt=0, lt=1)]
     split_seed: NonNegativeInt
+    max_document_bytes: PositiveInt | None  # null: no limit
+    max_archive_bytes: PositiveInt | None
+    max_download_bytes: PositiveInt | None
 
 
 class TrainConfig(_Section):
@@ -174,11 +179,64 @@ def _format_pydantic(error: ValidationError) -> list[str]:
     return lines
 
 
+# URL userinfo: "scheme://" then everything up to the last "@" before the host's end.
+_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*)://([^/?#\s]*)@")
+# Schemes whose bare userinfo ("https://TOKEN@host") is a secret; for a database URL
+# ("postgresql://user@host/db") it is a user name, and only a password is refused.
+_TOKEN_SCHEMES = frozenset({"http", "https", "ftp", "file", "s3", "gs", "ws", "wss"})
+DOWNLOAD_AUTH_HINT = (
+    "use ~/.netrc, or $TEXTCLF_DOWNLOAD_AUTH=user:password or $TEXTCLF_DOWNLOAD_TOKEN=<token> "
+    "(README: Running on the real corpus offline)"
+)
+CREDENTIAL_HINTS = {
+    "tracking.uri": "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead",
+    "data.url": DOWNLOAD_AUTH_HINT,
+    "data.mirrors": DOWNLOAD_AUTH_HINT,
+}
+DEFAULT_CREDENTIAL_HINT = "pass them in the environment or a file the client reads (~/.netrc, ~/.pgpass, PGPASSWORD)"
+
+
+def credentials_in_url(text: str) -> bool:
+    """True when ``text`` holds a URL with a password (``user:pw@``) or, for web and storage
+    schemes, any userinfo (``https://TOKEN@host``)."""
+    for match in _USERINFO.finditer(text):
+        scheme, userinfo = match.group(1).lower(), match.group(2)
+        if ":" in userinfo or scheme in _TOKEN_SCHEMES:
+            return True
+    return False
+
+
+def credential_problems(values: Any, prefix: str = "") -> list[str]:
+    """One problem per config value that carries credentials in a URL. Params end up in
+    params.yaml, dvc.lock (committed by `dvc exp run` into git), Hydra's output directories and
+    MLflow, so a secret must never be a param."""
+    if isinstance(values, Mapping):
+        return [
+            problem
+            for key, value in values.items()
+            for problem in credential_problems(value, f"{prefix}{key}.")
+        ]
+    key = prefix.rstrip(".")
+    if isinstance(values, (list, tuple)):  # data.mirrors: the list is named, not the item
+        return next((credential_problems(item, prefix) for item in values if credential_problems(item, prefix)), [])
+    if not isinstance(values, str) or not credentials_in_url(values):
+        return []
+    from textclf.tracking import mask_userinfo  # tracking imports this module
+
+    hint = CREDENTIAL_HINTS.get(key, DEFAULT_CREDENTIAL_HINT)
+    if key == "tracking.uri" and not values.lower().startswith(("http://", "https://")):
+        hint = DEFAULT_CREDENTIAL_HINT  # a database store: its client reads ~/.pgpass, PGPASSWORD
+    return [
+        f"{key}: {mask_userinfo(values)} has credentials in the URL, and params go into params.yaml, "
+        f"dvc.lock and git: remove them; {hint}"
+    ]
+
+
 def validate(cfg: DictConfig | Mapping[str, Any], source: str = "config") -> Config:
     """Validates the whole config; raises one TextclfError that lists every problem."""
     container = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
     values = OmegaConf.to_container(container, resolve=True)
-    problems: list[str] = []
+    problems: list[str] = credential_problems(values)
     try:
         parsed = Config.model_validate(values)
     except ValidationError as error:

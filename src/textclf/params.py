@@ -34,7 +34,16 @@ def compose(
 
 
 def write_params(path: str | Path, overrides: list[str] | None = None, root: str | Path | None = None) -> None:
+    """Writes the composition to ``path``; refuses (writing nothing) a config with credentials
+    in a URL, since params.yaml is committed."""
     from dvc.utils.hydra import compose_and_dump
+
+    from textclf.config import credential_problems
+    from textclf.errors import TextclfError
+
+    problems = credential_problems(OmegaConf.to_container(compose(overrides, root=root)))
+    if problems:
+        raise TextclfError("invalid config: " + "; ".join(problems))
 
     compose_and_dump(str(path), str(conf_dir(root)), None, CONFIG_NAME, "", list(overrides or []))
 
@@ -54,10 +63,15 @@ if __name__ == "__main__":
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from textclf.errors import TextclfError
+
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     try:
         write_params(sys.argv[1], sys.argv[2:])
     except (HydraException, OmegaConfBaseException) as error:
         print(f"error: [params] {describe_composition_error(error)}", file=sys.stderr)
+        sys.exit(1)
+    except TextclfError as error:
+        print(f"error: [params] {error}", file=sys.stderr)
         sys.exit(1)

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import TextIO
 
 import pandas as pd
 
@@ -81,7 +81,14 @@ def register(run_id: str, tracking_uri: str, name: str = REGISTERED_NAME, alias:
 
 
 def read_texts(texts: list[str], file: Path | None, stdin: TextIO) -> list[str]:
-    """Texts given as arguments, else one per non-empty line of ``file``, else of stdin."""
+    """Texts given as arguments, else one per non-empty line of ``file``, else of stdin.
+
+    Bytes (a file, a real stdin) are decoded as preprocess decodes the corpus
+    (textclf.data.text.decode: Latin-1, so no byte fails), which also gives the model the
+    tokens it was trained on. Lines are split on the bytes \n, \r\n and \r: str.splitlines
+    would also split at characters such as U+0085, which is how Latin-1 reads cp1252's "…"."""
+    from textclf.data.text import decode
+
     if texts and file is not None:
         raise TextclfError("give texts either as arguments or with --file, not both")
     if texts:
@@ -89,9 +96,11 @@ def read_texts(texts: list[str], file: Path | None, stdin: TextIO) -> list[str]:
     if file is not None:
         if not file.is_file():
             raise TextclfError(f"{file}: no such file")
-        lines: Iterable[str] = file.read_text(encoding="utf-8").splitlines()
+        raw: bytes | None = file.read_bytes()
     else:
-        lines = stdin.read().splitlines()
+        binary = getattr(stdin, "buffer", None)  # absent on a StringIO
+        raw = binary.read() if binary is not None else None
+    lines = [decode(line) for line in raw.splitlines()] if raw is not None else stdin.read().splitlines()
     return [line for line in lines if line.strip()]
 
 

@@ -42,7 +42,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from textclf.config import (
-    Config, PositiveFloat, PositiveInt, _format_pydantic, validate,
+    Config, PositiveFloat, PositiveInt, _format_pydantic, credential_problems, validate,
 )
 from textclf.errors import TextclfError
 from textclf.models.classifier import NonFiniteLoss
@@ -119,7 +119,7 @@ def load_search(values: Any) -> tuple[SearchConfig, dict[str, BaseDistribution]]
         raise TextclfError(
             f"invalid {source}: " + "; ".join(f"{SEARCH_KEY}.{line}" for line in _format_pydantic(error))
         ) from error
-    problems: list[str] = []
+    problems: list[str] = credential_problems({SEARCH_KEY: values})  # storage: postgresql://u:pw@...
     if (settings.heartbeat_interval is None) != (settings.grace_period is None):
         problems.append(f"{SEARCH_KEY}.grace_period: set both heartbeat_interval and grace_period, or neither")
     for key, expected in (("sampler", (optuna.samplers.BaseSampler,)), ("pruner", (optuna.pruners.BasePruner,))):

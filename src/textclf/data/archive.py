@@ -2,7 +2,10 @@
 
 Nothing is extracted to disk, and members that could escape a target directory (absolute
 paths, ``..``), links and device files are refused outright, as a hostile archive could
-use them when extracted by a less careful tool.
+use them when extracted by a less careful tool. What is read is bounded: each message by
+``data.max_document_bytes`` (checked on its header before its bytes are read), the whole
+decompressed stream by ``data.max_archive_bytes`` (counted as it is read, so a compression
+bomb stops at the limit whatever its headers say).
 """
 
 from __future__ import annotations
@@ -29,6 +32,40 @@ class Message:
     raw: bytes
 
 
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")  # a member, an empty zip, a spanned one
+# tarfile reads a pax or GNU long-name header whole into memory; real ones hold a few names
+# and times, so a larger one is a corrupt or hostile archive.
+MAX_METADATA_HEADER_BYTES = 1 << 20
+_METADATA_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
+class ArchiveTooLarge(TextclfError):
+    pass
+
+
+def _limit_hint(key: str) -> str:
+    return f"raise data.{key}, or set it to null for no limit, if this archive is trusted"
+
+
+class _Bounded:
+    """A read-only stream that raises ArchiveTooLarge once more than ``limit`` bytes were read."""
+
+    def __init__(self, stream: BinaryIO, archive: Path, limit: int | None) -> None:
+        self._stream, self._archive, self._limit, self.read_bytes = stream, archive, limit, 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self._limit is not None and (size is None or size < 0):
+            size = self._limit + 1 - self.read_bytes  # never more than one byte past the limit
+        chunk = self._stream.read(size)
+        self.read_bytes += len(chunk)
+        if self._limit is not None and self.read_bytes > self._limit:
+            raise ArchiveTooLarge(
+                f"{self._archive}: decompresses to more than data.max_archive_bytes={self._limit} bytes; "
+                + _limit_hint("max_archive_bytes")
+            )
+        return chunk
+
+
 def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
     name = member.name
     normalized = posixpath.normpath(name)
@@ -53,6 +90,11 @@ class _StrictTarInfo(tarfile.TarInfo):
         except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError, tarfile.EmptyHeaderError) as error:
             raise tarfile.ReadError(f"damaged member header: {error or 'end of data'}") from None
 
+    def _proc_member(self, tar):  # type: ignore[no-untyped-def]
+        if self.type in _METADATA_TYPES and self.size > MAX_METADATA_HEADER_BYTES:
+            raise tarfile.ReadError(f"a {self.size}-byte metadata header (pax or long name)")
+        return super()._proc_member(tar)
+
 
 # Decompressors that verify their stream's checksum and length when read to the end.
 _COMPRESSION = (
@@ -67,6 +109,8 @@ def _decompressed(archive: Path) -> Iterator[BinaryIO]:
     with open(archive, "rb") as raw:
         magic = raw.read(6)
         raw.seek(0)
+        if magic.startswith(ZIP_MAGIC):
+            raise TextclfError(f"{archive}: is a zip file, not a tar archive (repack it as .tar.gz)")
         opener = next((opener for prefix, opener in _COMPRESSION if magic.startswith(prefix)), None)
         if opener is None:
             yield raw
@@ -75,11 +119,17 @@ def _decompressed(archive: Path) -> Iterator[BinaryIO]:
             yield stream
 
 
-def read_messages(archive: str | Path, splits: tuple[str, ...]) -> list[Message]:
+def read_messages(
+    archive: str | Path,
+    splits: tuple[str, ...],
+    max_document_bytes: int | None = None,
+    max_archive_bytes: int | None = None,
+) -> list[Message]:
     """Returns every ``<split>/<group>/<name>`` file of the archive, sorted, as raw bytes.
 
-    Raises TextclfError for a corrupt or truncated archive, an unsafe member, or a split or
-    category directory that holds no message.
+    Raises TextclfError for a corrupt or truncated archive, an unsafe member, a split or
+    category directory that holds no message, a message over ``max_document_bytes`` or more
+    than ``max_archive_bytes`` decompressed (None: no limit).
     """
     archive = Path(archive)
     if not archive.is_file():
@@ -88,8 +138,10 @@ def read_messages(archive: str | Path, splits: tuple[str, ...]) -> list[Message]
     categories = set()  # (split, group) of every category directory, empty or not
     try:
         # "r|": one sequential pass over the decompressed stream.
-        with _decompressed(archive) as stream, tarfile.open(
-            fileobj=stream, mode="r|", tarinfo=_StrictTarInfo
+        with _decompressed(archive) as decompressed, tarfile.open(
+            fileobj=(stream := _Bounded(decompressed, archive, max_archive_bytes)),
+            mode="r|",
+            tarinfo=_StrictTarInfo,
         ) as tar:
             for member in tar:
                 _check_member(archive, member)
@@ -98,6 +150,11 @@ def read_messages(archive: str | Path, splits: tuple[str, ...]) -> list[Message]
                     categories.add((parts[0], parts[1]))
                 if not member.isfile() or len(parts) != 3 or parts[0] not in splits:
                     continue
+                if max_document_bytes is not None and member.size > max_document_bytes:
+                    raise ArchiveTooLarge(
+                        f"{archive}: member '{member.name}' is {member.size} bytes, over "
+                        f"data.max_document_bytes={max_document_bytes}; " + _limit_hint("max_document_bytes")
+                    )
                 handle = tar.extractfile(member)
                 assert handle is not None  # regular files always have a payload
                 messages.append(Message(parts[0], parts[1], parts[2], handle.read()))

@@ -9,7 +9,9 @@ Token id 0 is padding and 1 is <unk>; real words start at 2.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import chain, count
@@ -70,7 +72,18 @@ class EncodedSplit:
         return torch.bincount(pairs % vocab_size, minlength=vocab_size)
 
     def save(self, path: Path) -> None:
-        torch.save({"tokens": self.tokens, "offsets": self.offsets, "labels": self.labels}, path)
+        """torch.save to ``path``; a full disk raises OSError(ENOSPC) like any other write.
+
+        torch's C++ writer reports a failed write as a RuntimeError without the errno ("unexpected
+        pos 704 vs 598" on a full tmpfs, torch 2.13), so a failure with the filesystem out of
+        space is taken for what it is. (Saving through a Python file object would keep the
+        OSError, but changes the bytes: the archive's inner name comes from the path.)"""
+        try:
+            torch.save({"tokens": self.tokens, "offsets": self.offsets, "labels": self.labels}, path)
+        except RuntimeError as error:
+            if _out_of_space(path.parent):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from error
+            raise
 
     @classmethod
     def load(cls, path: Path) -> "EncodedSplit":
@@ -78,6 +91,16 @@ class EncodedSplit:
             raise TextclfError(f"{path}: processed data not found (run `dvc repro preprocess`)")
         data = torch.load(path, map_location="cpu", weights_only=True)
         return cls(tokens=data["tokens"], offsets=data["offsets"], labels=data["labels"])
+
+
+def _out_of_space(directory: Path) -> bool:
+    """Less than one block left to this user (root may also use the reserved blocks)."""
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return False
+    free = stats.f_bfree if hasattr(os, "geteuid") and os.geteuid() == 0 else stats.f_bavail
+    return free * stats.f_frsize < max(stats.f_bsize, 4096)
 
 
 def flatten_documents(documents: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,7 @@
-"""Stage 1: fetch the corpus archive from data.url (then data.mirrors), verify data.sha256."""
+"""Stage 1: fetch the corpus archive from data.url (then data.mirrors), verify data.sha256.
+
+At most data.max_download_bytes per URL; credentials from ~/.netrc or the environment (see
+textclf.data.download)."""
 
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ def download(
     backoff``, ...; ``timeout`` seconds per connect or read), then the mirrors are tried."""
     return fetch_first(
         [cfg.url, *cfg.mirrors], raw_dir / cfg.archive_name, cfg.sha256, progress,
-        retries=retries, backoff=backoff, timeout=timeout,
+        retries=retries, backoff=backoff, timeout=timeout, max_bytes=cfg.max_download_bytes,
     )
 
 

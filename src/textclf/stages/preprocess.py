@@ -36,11 +36,14 @@ from textclf.errors import TextclfError
 from textclf.stages.cli import run_stage
 
 FORMAT_VERSION = 1  # bump when the processed layout or tokenization changes
-# The data.* keys that shape the processed output (dvc.yaml declares the same list).
+# The data.* keys that shape the processed output (dvc.yaml declares these and the limits).
 PREPROCESS_PARAMS = {
     "archive_name", "train_dir", "test_dir", "remove", "lowercase", "token_pattern",
     "min_freq", "max_vocab", "val_fraction", "split_seed",
 }
+# Also read, but they never change the output (a run either stops or writes the same bytes),
+# so they are not in the manifest nor in the processed cache's key.
+PREPROCESS_LIMITS = {"max_document_bytes", "max_archive_bytes"}
 
 
 def _file_sha256(path: Path) -> str:
@@ -96,7 +99,9 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path, parallel: bool = T
     same byte for byte either way."""
     started = time.perf_counter()
     tokenizer = Tokenizer(cfg.token_pattern, cfg.lowercase)
-    messages = read_messages(archive, splits=(cfg.train_dir, cfg.test_dir))
+    messages = read_messages(
+        archive, (cfg.train_dir, cfg.test_dir), cfg.max_document_bytes, cfg.max_archive_bytes
+    )
     groups = sorted({m.group for m in messages if m.split == cfg.train_dir})
     label_of = {group: i for i, group in enumerate(groups)}
     unknown = sorted({m.group for m in messages if m.split == cfg.test_dir} - set(groups))
