@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import Callback
 
 from textclf.config import Config, to_dict
 from textclf.data.encoded import MANIFEST_FILE, read_manifest
+from textclf.resources import check_devices
 from textclf.stages.download import download
 from textclf.stages.evaluate import evaluate
 from textclf.stages.preprocess import FORMAT_VERSION, PREPROCESS_PARAMS, preprocess
@@ -114,6 +115,7 @@ def run_pipeline(
     ``skip_finished``, a config whose fingerprint already has a FINISHED run is not trained
     again: the summary is that run's, with ``skipped: True``."""
     check_tracking_uri(tracking_uri(cfg.tracking))  # before any work (train checks again, after the data)
+    check_devices(cfg.trainer)
     processed = prepare_data(cfg)
     job_fingerprint = fingerprint(cfg, processed)
     if skip_finished:

@@ -45,6 +45,7 @@ from textclf.data.encoded import VOCAB_FILE, read_manifest
 from textclf.distributed import launch_state_restorer
 from textclf.errors import TextclfError
 from textclf.models.classifier import NonFiniteLoss, TextClassifier
+from textclf.resources import check_devices, check_memory
 from textclf.stages.cli import run_stage
 from textclf.tracking import (
     artifact_store_errors, check_tracking_uri, ensure_experiment, existing_run, redact_config, redact_secrets, retry_if_locked, run_tags,
@@ -227,10 +228,12 @@ def train(
     callback) run alongside the checkpointing ones."""
     uri = tracking_uri(cfg.tracking)
     check_tracking_uri(uri)  # fail fast, before any work
+    check_devices(cfg.trainer)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
     manifest = read_manifest(processed)
+    check_memory(to_dict(cfg), manifest["vocab_size"], manifest["num_classes"])  # before the model is built
     datamodule = TextDataModule(
         processed,
         batch_size=cfg.train.batch_size,
