@@ -121,3 +121,25 @@ def link_or_copy(source: str | Path, target: str | Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copyfile(source, target)
+
+
+def write_files(files: dict[Path, bytes]) -> None:
+    """Writes several files as one: each into a sibling temporary file first, then all are
+    renamed into place. A failure while writing (a full disk) leaves every target as it was
+    and no temporary file behind; the renames allocate nothing."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for target, data in files.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with _disk_full_is_an_error(target):
+                fd, staging = tempfile.mkstemp(prefix=f"{target.name}.partial-", dir=target.parent)
+                staged.append((staging, target))
+                with os.fdopen(fd, "wb") as handle:
+                    os.chmod(staging, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename
+                    handle.write(data)
+        for staging, target in staged:
+            os.replace(staging, target)
+    finally:
+        for staging, _ in staged:
+            if os.path.exists(staging):
+                os.unlink(staging)

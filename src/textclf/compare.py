@@ -17,7 +17,7 @@ from typing import Any
 
 from textclf.errors import TextclfError
 from textclf.stages.cli import run_stage
-from textclf.tracking import default_tracking_uri, require_store
+from textclf.tracking import default_tracking_uri, require_store, store_errors
 
 EXPERIMENT, SORT, TOP = "textclf", "test/accuracy", 10
 # Shown for every run; "optimizer" is the class name from optimizer._target_.
@@ -50,15 +50,16 @@ def best_runs(
     if top < 1:
         raise TextclfError(f"--top must be at least 1 (got {top})")
     client = MlflowClient(require_store(tracking_uri))
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise TextclfError(f"no experiment '{experiment}' in {tracking_uri} (train a model first)")
     filter_string = "" if model is None else "tags.model ILIKE '%" + _quoted(model, "--model", "'") + "%'"
     order = "metrics.`" + _quoted(sort, "--sort", "`") + ("` ASC" if ascending else "` DESC")
-    runs = client.search_runs(
-        [found.experiment_id], filter_string=filter_string, order_by=[order, "attributes.start_time DESC"],
-        max_results=top,
-    )
+    with store_errors(tracking_uri):
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise TextclfError(f"no experiment '{experiment}' in {tracking_uri} (train a model first)")
+        runs = client.search_runs(
+            [found.experiment_id], filter_string=filter_string, order_by=[order, "attributes.start_time DESC"],
+            max_results=top,
+        )
     rows = []
     for run in runs:
         params, metrics = run.data.params, run.data.metrics

@@ -253,10 +253,22 @@ def validate(cfg: DictConfig | Mapping[str, Any], source: str = "config") -> Con
                 "model.sparse: true cannot be combined with trainer.gradient_clip_val "
                 "(clipping needs dense gradients; set model.sparse=false or trainer.gradient_clip_val=null)"
             )
+    problems.extend(_check_devices(trainer))
     if problems:
         raise TextclfError(f"invalid {source}: " + "; ".join(problems))
     assert parsed is not None
     return parsed.model_copy(update={"raw": container})
+
+
+def _check_devices(trainer: Any) -> list[str]:
+    """trainer.devices asks for at least one device (the schema admits -1 and strings such as
+    "auto" or "0,1", which Lightning parses; 0, "0" and [] ask for none)."""
+    if not isinstance(trainer, dict):
+        return []
+    devices = trainer.get("devices")
+    if devices in (0, "0", []) and not isinstance(devices, bool):
+        return [f"trainer.devices: {devices!r} asks for no device (a count such as 1, -1 for all, or a list of ids)"]
+    return []
 
 
 def load_params(path: str | Path = "params.yaml") -> Config:

@@ -26,11 +26,12 @@ from lightning.pytorch.callbacks import Callback
 
 from textclf.config import Config, to_dict
 from textclf.data.encoded import MANIFEST_FILE, read_manifest
+from textclf.resources import check_devices
 from textclf.stages.download import download
 from textclf.stages.evaluate import evaluate
 from textclf.stages.preprocess import FORMAT_VERSION, PREPROCESS_PARAMS, preprocess
 from textclf.stages.train import MONITOR, train
-from textclf.tracking import ensure_experiment, retry_if_locked, tracking_uri
+from textclf.tracking import check_tracking_uri, ensure_experiment, retry_if_locked, tracking_uri
 
 FINGERPRINT_TAG = "textclf.fingerprint"
 # Config keys that never change the trained model: excluded from the fingerprint.
@@ -113,6 +114,8 @@ def run_pipeline(
     ``tags`` are added to the job's MLflow run, ``callbacks`` to its Trainer. With
     ``skip_finished``, a config whose fingerprint already has a FINISHED run is not trained
     again: the summary is that run's, with ``skipped: True``."""
+    check_tracking_uri(tracking_uri(cfg.tracking))  # before any work (train checks again, after the data)
+    check_devices(cfg.trainer)
     processed = prepare_data(cfg)
     job_fingerprint = fingerprint(cfg, processed)
     if skip_finished:

@@ -22,7 +22,7 @@ import pandas as pd
 from textclf.errors import TextclfError
 from textclf.serving import LABEL_COLUMN, MODEL_NAME, TEXT_COLUMN
 from textclf.stages.cli import run_stage
-from textclf.tracking import default_tracking_uri, mlflow_tracking_uri, require_store
+from textclf.tracking import default_tracking_uri, mlflow_tracking_uri, require_store, store_errors
 
 REGISTERED_NAME, CHAMPION = "textclf", "champion"
 PROBABILITY_COLUMN = "probability"  # of the predicted label
@@ -45,7 +45,7 @@ def load_model(model_uri: str, tracking_uri: str):  # noqa: ANN201 - mlflow.pyfu
     from mlflow.exceptions import MlflowException
 
     try:
-        with mlflow_tracking_uri(require_store(tracking_uri)):
+        with mlflow_tracking_uri(require_store(tracking_uri)), store_errors(tracking_uri):
             return mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as error:
         raise TextclfError(f"cannot load model {model_uri} from {tracking_uri}: {_reason(error)}") from error
@@ -71,10 +71,10 @@ def register(run_id: str, tracking_uri: str, name: str = REGISTERED_NAME, alias:
     from mlflow.exceptions import MlflowException
 
     try:
-        with mlflow_tracking_uri(require_store(tracking_uri)):
+        with mlflow_tracking_uri(require_store(tracking_uri, write=True)), store_errors(tracking_uri):
             version = mlflow.register_model(run_model_uri(run_id), name).version
-        if alias is not None:
-            MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version)
+            if alias is not None:
+                MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version)
     except MlflowException as error:
         raise TextclfError(f"cannot register the model of run {run_id} as {name}: {_reason(error)}") from error
     return int(version)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, TypeVar
 from urllib.parse import urlparse
 
-from textclf.atomic import write_json
+from textclf.atomic import DISK_FULL, write_json
 from textclf.config import TrackingConfig, flatten
 from textclf.errors import TextclfError
 
@@ -81,12 +81,14 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///"))
 
 
-def require_store(uri: str) -> str:
+def require_store(uri: str, write: bool = False) -> str:
     """``uri``, once a SQLite store is known to exist: tools that only read runs (predict,
-    compare) must not leave an empty database behind a mistyped path, as MLflow would."""
+    compare) must not leave an empty database behind a mistyped path, as MLflow would. Then
+    ``check_tracking_uri``: readable (and writable, with ``write``) and reachable."""
     path = sqlite_path(uri)
     if path is not None and not path.is_file():
         raise TextclfError(f"no MLflow store at {path} (train a model first, or set MLFLOW_TRACKING_URI)")
+    check_tracking_uri(uri, write=write)
     return uri
 
 
@@ -145,7 +147,7 @@ def ensure_experiment(uri: str, name: str) -> str:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    with store_lock(uri):
+    with store_errors(uri), store_lock(uri):
         client = retry_if_locked(MlflowClient, tracking_uri=uri)  # creates the tables of a new store
         database = sqlite_path(uri)
         if database is not None:
@@ -319,12 +321,15 @@ def redact_config(config: Mapping[str, Any], environ: Mapping[str, str] | None =
 REACH_TIMEOUT_SECONDS = 5.0
 
 
-def check_tracking_uri(uri: str, timeout: float = REACH_TIMEOUT_SECONDS) -> None:
+def check_tracking_uri(uri: str, timeout: float = REACH_TIMEOUT_SECONDS, write: bool = True) -> None:
     """Fails fast, in one line naming ``uri``, when the tracking store cannot be reached.
 
-    http(s): a TCP connection to the server within ``timeout``; sqlite: the database's
-    directory exists and is writable; file or plain path: its nearest existing directory is
-    writable. Other schemes (databricks, ...) are left to MLflow."""
+    http(s): a TCP connection to the server within ``timeout`` (MLflow itself retries an
+    unreachable server for minutes); sqlite: the database's directory exists, an existing
+    database file is an SQLite database, and (``write``) the file and its directory (journal,
+    lock file) are writable; file or plain path: its nearest existing directory is writable.
+    Readers (compare, predict) pass ``write=False``. Other schemes (databricks, ...) are left
+    to MLflow."""
     shown = mask_userinfo(uri)
     hint = "start the server or set tracking.uri / MLFLOW_TRACKING_URI"
     parsed = urlparse(uri)
@@ -350,9 +355,18 @@ def check_tracking_uri(uri: str, timeout: float = REACH_TIMEOUT_SECONDS) -> None
             raise TextclfError(
                 f"MLflow tracking URI {shown}: directory {database.parent} does not exist"
             )
-        writable = database if database.exists() else database.parent
-        if not os.access(writable, os.W_OK):
-            raise TextclfError(f"MLflow tracking URI {shown}: {writable} is not writable")
+        if database.exists():
+            _check_sqlite_database(database, shown)
+        if write:
+            # access() answers for a read-only mount even as root (EROFS), where chmod does not bind.
+            for writable in (database, database.parent) if database.exists() else (database.parent,):
+                if not os.access(writable, os.W_OK):
+                    raise TextclfError(
+                        f"MLflow tracking URI {shown}: {writable} is read-only (runs are written there; "
+                        "make it writable, or set tracking.uri / MLFLOW_TRACKING_URI)"
+                    )
+        return
+    if not write:
         return
     if parsed.scheme in ("file", "") or (len(parsed.scheme) == 1 and sys.platform == "win32"):
         path = Path(parsed.path if parsed.scheme == "file" else uri).expanduser().absolute()
@@ -361,8 +375,112 @@ def check_tracking_uri(uri: str, timeout: float = REACH_TIMEOUT_SECONDS) -> None
             raise TextclfError(f"MLflow tracking URI {shown}: {existing or path} is not a writable directory")
 
 
-def write_run_reference(models_dir: Path, run_id: str, experiment_id: str) -> None:
-    write_json(models_dir / RUN_FILE, {"run_id": run_id, "experiment_id": experiment_id})
+def _check_sqlite_database(database: Path, shown: str) -> None:
+    """``database`` opens, read-only, as an SQLite database and its schema can be read (the
+    first page: random bytes, another file type or a truncated header fail here, in
+    milliseconds, rather than as SQLAlchemy's 85-line traceback)."""
+    import sqlite3
+
+    if not database.is_file():
+        raise TextclfError(f"MLflow tracking URI {shown}: {database} is not a file")
+    try:
+        with closing(sqlite3.connect(f"{database.absolute().as_uri()}?mode=ro", uri=True, timeout=20)) as connection:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as error:
+        if "locked" in str(error):  # a writer holds it: it is a database
+            return
+        raise TextclfError(
+            f"MLflow tracking URI {shown}: {database} cannot be read as an SQLite database ({error}); "
+            "move it aside (a new store is created in its place) or set tracking.uri / MLFLOW_TRACKING_URI"
+        ) from error
+
+
+# Failures of the store itself, as SQLite, SQLAlchemy or MLflow's REST client word them -> what
+# the one line says. Anything else (a bug, a missing run) keeps its own error.
+STORE_FAILURES = (
+    ("file is not a database", "not an SQLite database"),
+    ("database disk image is malformed", "the SQLite database is corrupt"),
+    ("readonly database", "the database is read-only"),
+    ("unable to open database file", "the database file cannot be opened"),
+    ("database or disk is full", "the disk holding the database is full"),
+    ("disk i/o error", "disk I/O error"),
+    ("max retries exceeded", "the server is unreachable"),
+    ("connection refused", "the server is unreachable"),
+)
+
+
+def store_failure(error: BaseException) -> str | None:
+    """What is wrong with the store, if ``error`` (or an error it was raised from) says so."""
+    for current in _chain(error):
+        text = str(current).lower()
+        for phrase, reason in STORE_FAILURES:
+            if phrase in text:
+                return reason
+    return None
+
+
+@contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """A failure of the tracking store inside the block (a database turned read-only or
+    corrupt, a server gone) becomes one TextclfError naming ``uri``."""
+    try:
+        yield
+    except TextclfError:
+        raise
+    except Exception as error:
+        reason = store_failure(error)
+        if reason is None:
+            raise
+        raise TextclfError(
+            f"MLflow tracking URI {mask_userinfo(uri)}: {reason} ({type(error).__name__})"
+        ) from error
+
+
+@contextmanager
+def artifact_store_errors(location: str) -> Iterator[None]:
+    """A full disk (or quota) under a run's artifact store ``location`` becomes one
+    TextclfError naming the store, not the output directory being staged around the call."""
+    try:
+        yield
+    except Exception as error:
+        cause = next((e for e in _chain(error) if isinstance(e, OSError) and e.errno in DISK_FULL), None)
+        if cause is None:
+            raise
+        raise TextclfError(
+            f"cannot write to the MLflow artifact store {mask_userinfo(location)}: {os.strerror(cause.errno)} "
+            "(free space there and rerun)"
+        ) from error
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and the errors it was raised from or while handling."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def write_run_reference(models_dir: Path, run_id: str, experiment_id: str, uri: str | None = None) -> None:
+    """``mlflow_run.json``: the run, and (``uri``, masked) the store it is in, so evaluate can
+    tell a store that vanished from one it never saw."""
+    reference = {"run_id": run_id, "experiment_id": experiment_id}
+    if uri is not None:
+        reference["tracking_uri"] = mask_userinfo(uri)
+    write_json(models_dir / RUN_FILE, reference)
+
+
+def check_run_store(uri: str, reference: Mapping[str, str]) -> None:
+    """Refuses to evaluate into a SQLite store that train logged to and that is gone (deleted
+    or moved after training): MLflow would silently create an empty one in its place."""
+    database = sqlite_path(uri)
+    if database is None or database.exists() or reference.get("tracking_uri") != mask_userinfo(uri):
+        return
+    raise TextclfError(
+        f"the MLflow store {database} that train logged run {reference['run_id']} to no longer exists "
+        "(restore it, or train again: `dvc repro -f train`)"
+    )
 
 
 def existing_run(uri: str, models_dir: Path) -> str | None:
@@ -376,7 +494,8 @@ def existing_run(uri: str, models_dir: Path) -> str | None:
         return None
     run_id = json.loads(path.read_text(encoding="utf-8"))["run_id"]
     try:
-        retry_if_locked(MlflowClient(tracking_uri=uri).get_run, run_id)
+        with store_errors(uri):
+            retry_if_locked(MlflowClient(tracking_uri=uri).get_run, run_id)
     except MlflowException:
         return None
     return run_id

@@ -28,14 +28,17 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from textclf.atomic import staged_file, write_json, write_text
+from textclf.atomic import write_files
 from textclf.config import Config, load_params
 from textclf.data.datamodule import TextDataModule
 from textclf.errors import TextclfError
 from textclf.models.classifier import TextClassifier
 from textclf.stages.cli import run_stage
 from textclf.stages.train import CHECKPOINT_NAME, CURVES_FILE
-from textclf.tracking import ensure_experiment, read_run_reference, retry_if_locked, tracking_uri
+from textclf.tracking import (
+    artifact_store_errors, check_run_store, check_tracking_uri, ensure_experiment, read_run_reference, retry_if_locked,
+    store_errors, tracking_uri,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -116,6 +119,11 @@ def evaluate(cfg: Config, processed: Path, models_dir: Path, reports_dir: Path) 
     checkpoint = models_dir / f"{CHECKPOINT_NAME}.ckpt"
     if not checkpoint.is_file():
         raise TextclfError(f"{checkpoint}: checkpoint not found (run `dvc repro train`)")
+    # The run's store is checked before any work: an unreachable server would be retried for
+    # minutes, a vanished SQLite store silently recreated empty, after the reports were written.
+    uri = tracking_uri(cfg.tracking)
+    check_tracking_uri(uri)
+    check_run_store(uri, read_run_reference(models_dir))
     module = load_checkpoint(checkpoint)
     datamodule = TextDataModule(
         processed,
@@ -149,15 +157,22 @@ def evaluate(cfg: Config, processed: Path, models_dir: Path, reports_dir: Path) 
     writer.writerows((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist()))
     png = confusion_png(scores["confusion"].cpu(), names)
 
-    # Everything is computed before the first write, and each file is renamed into place.
-    write_json(reports_dir / PER_CLASS_FILE, per_class)
-    write_text(reports_dir / CONFUSION_CSV, rows.getvalue())
-    write_text(reports_dir / PER_CLASS_F1_CSV, per_class_f1_csv(per_class))
-    with staged_file(reports_dir / CONFUSION_PNG) as handle:
-        handle.write(png)
-    write_json(reports_dir / METRICS_FILE, metrics)
-    log_to_run(cfg, models_dir, metrics, reports_dir)
+    # Everything is computed before the first write; the reports are written as one (all staged,
+    # then renamed), so a failure leaves none of them changed.
+    write_files({
+        reports_dir / PER_CLASS_FILE: _json_bytes(per_class),
+        reports_dir / CONFUSION_CSV: rows.getvalue().encode(),
+        reports_dir / PER_CLASS_F1_CSV: per_class_f1_csv(per_class).encode(),
+        reports_dir / CONFUSION_PNG: png,
+        reports_dir / METRICS_FILE: _json_bytes(metrics),
+    })
+    with store_errors(uri):
+        log_to_run(cfg, models_dir, metrics, reports_dir)
     return metrics
+
+
+def _json_bytes(data: object) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=False) + "\n").encode()
 
 
 def per_class_f1_csv(per_class: dict[str, dict[str, float]]) -> str:
@@ -200,15 +215,17 @@ def log_to_run(cfg: Config, models_dir: Path, metrics: dict[str, float], reports
         experiment_id = ensure_experiment(uri, cfg.tracking.experiment_name)
         run_id = retry_if_locked(client.create_run, experiment_id, tags={"trained_in_run": run_id}).info.run_id
     timestamp = int(1000 * time.time())
+    logged = retry_if_locked(client.get_run, run_id).info.artifact_uri
     # Every write is retried while SQLite says "database is locked" (parallel jobs, one store).
     retry_if_locked(
         client.log_batch,
         run_id,
         metrics=[Metric(f"test/{key}", float(value), timestamp, 0) for key, value in metrics.items()],
     )
-    for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG):
-        retry_if_locked(client.log_artifact, run_id, str(reports_dir / name), artifact_path="evaluation")
-    log_figures(client, run_id, reports_dir, metrics["f1_macro"])
+    with artifact_store_errors(logged):
+        for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG):
+            retry_if_locked(client.log_artifact, run_id, str(reports_dir / name), artifact_path="evaluation")
+        log_figures(client, run_id, reports_dir, metrics["f1_macro"])
     status = retry_if_locked(client.get_run, run_id).info.status
     if status == "RUNNING":
         retry_if_locked(client.set_terminated, run_id)

@@ -64,6 +64,31 @@ def count_duplicates(messages: list[Message], train_dir: str, test_dir: str) -> 
     }
 
 
+# Output columns of the shipped model (serving.LABEL_COLUMN) and of `textclf.predict`
+# (predict.PROBABILITY_COLUMN), beside one probability column per class.
+RESERVED_CLASS_NAMES = ("label", "probability")
+
+
+def check_class_names(archive: Path, train_messages: list[Message]) -> None:
+    """Class names (the training split's category directories) become column names and plot
+    labels: each must be valid UTF-8 (tarfile decodes member names with surrogate escapes) and
+    not a reserved column name. Refused here, not after a whole training."""
+    for message in train_messages:
+        group = message.group
+        try:
+            group.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = f"{message.split}/{group}/{message.name}".encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise TextclfError(
+                f"{archive}: member '{shown}': its category directory name is not valid UTF-8 (rename the directory)"
+            ) from None
+        if group in RESERVED_CLASS_NAMES:
+            raise TextclfError(
+                f"{archive}: category directory '{message.split}/{group}/': a class may not be named "
+                f"'{group}', which is a column of the model's output (rename the directory)"
+            )
+
+
 def number_documents(
     raws: Iterable[bytes], tokenizer: Tokenizer, remove: list[str], token_ids: TokenIds
 ) -> list[list[int]]:
@@ -107,6 +132,7 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path, parallel: bool = T
     unknown = sorted({m.group for m in messages if m.split == cfg.test_dir} - set(groups))
     if unknown:
         raise TextclfError(f"{archive}: test groups missing from the training split: {unknown}")
+    check_class_names(archive, [m for m in messages if m.split == cfg.train_dir])
 
     train_messages, test_messages = ([m for m in messages if m.split == split] for split in (cfg.train_dir, cfg.test_dir))
     train_labels, test_labels = ([label_of[m.group] for m in chosen] for chosen in (train_messages, test_messages))
@@ -128,6 +154,13 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path, parallel: bool = T
             worker.shutdown(cancel_futures=True)
     test_ids = token_ids.renumber(test_words, worker_ids)
     kept, held = stratified_holdout(train_labels, cfg.val_fraction, cfg.split_seed)
+    if not held:
+        largest = max(train_labels.count(label) for label in set(train_labels))
+        raise TextclfError(
+            f"data.val_fraction={cfg.val_fraction} holds out no validation document from {len(train_labels)} "
+            f"training documents in {len(groups)} classes (at most {largest} per class); "
+            f"set data.val_fraction to at least {1 / largest:.2g}"
+        )
     # From the documents left for training only: validation and test words are out of vocabulary.
     vocabulary, to_vocabulary = token_ids.vocabulary(
         (train_documents[i] for i in kept), cfg.min_freq, cfg.max_vocab

@@ -45,9 +45,10 @@ from textclf.data.encoded import VOCAB_FILE, read_manifest
 from textclf.distributed import launch_state_restorer
 from textclf.errors import TextclfError
 from textclf.models.classifier import NonFiniteLoss, TextClassifier
+from textclf.resources import check_devices, check_memory
 from textclf.stages.cli import run_stage
 from textclf.tracking import (
-    check_tracking_uri, ensure_experiment, existing_run, redact_config, redact_secrets, retry_if_locked, run_tags,
+    artifact_store_errors, check_tracking_uri, ensure_experiment, existing_run, redact_config, redact_secrets, retry_if_locked, run_tags,
     tracking_uri, write_run_reference,
 )
 
@@ -227,10 +228,12 @@ def train(
     callback) run alongside the checkpointing ones."""
     uri = tracking_uri(cfg.tracking)
     check_tracking_uri(uri)  # fail fast, before any work
+    check_devices(cfg.trainer)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
     manifest = read_manifest(processed)
+    check_memory(to_dict(cfg), manifest["vocab_size"], manifest["num_classes"])  # before the model is built
     datamodule = TextDataModule(
         processed,
         batch_size=cfg.train.batch_size,
@@ -311,7 +314,7 @@ def train(
                 else:
                     print(f"train: resuming from {last} (MLflow run {run_id})", flush=True)
                     retry_if_locked(logger.experiment.set_tag, run_id, "resumed", "true")
-                write_run_reference(resume, logger.run_id, logger.experiment_id)
+                write_run_reference(resume, logger.run_id, logger.experiment_id, uri)
             try:
                 # Only the pipeline's own file, in its own cache, is resumed from; it holds
                 # plain tensors and containers, so it loads weights-only as well.
@@ -336,16 +339,18 @@ def train(
                 config_file = staging / "config.yaml"
                 config_file.write_text(yaml.safe_dump(redact_config(resolved), sort_keys=False), encoding="utf-8")
                 shutil.copyfile(processed / VOCAB_FILE, staging / VOCAB_FILE)
-                write_run_reference(staging, logger.run_id, logger.experiment_id)
+                write_run_reference(staging, logger.run_id, logger.experiment_id, uri)
                 # The run shows the config at its root; the weights and the vocabulary are stored
                 # once, inside the logged model (runs:/<id>/model/artifacts/), not again beside it.
-                retry_if_locked(logger.experiment.log_artifact, logger.run_id, str(config_file))
                 # Imported here, not at the top: it loads mlflow.pyfunc, which importing this module
                 # (and ranks other than 0) should not pay for: 0.94 s cold, 0.03 s here, where the
                 # run has already loaded MLflow.
                 from textclf.serving import log_model
 
-                log_model(uri, logger.run_id, model_file, processed, resolved)  # the shippable pyfunc: runs:/<id>/model
+                # A full artifact store is named as such, not as a failure to write models_dir.
+                with artifact_store_errors(retry_if_locked(logger.experiment.get_run, logger.run_id).info.artifact_uri):
+                    retry_if_locked(logger.experiment.log_artifact, logger.run_id, str(config_file))
+                    log_model(uri, logger.run_id, model_file, processed, resolved)  # the shippable pyfunc: runs:/<id>/model
                 write_text(reports_dir / CURVES_FILE, history.to_csv())
             shutil.rmtree(resume, ignore_errors=True)  # finished: the next run starts afresh
             return {
