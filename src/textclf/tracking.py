@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -22,6 +23,8 @@ from textclf.config import TrackingConfig, flatten
 from textclf.errors import TextclfError
 
 RUN_FILE = "mlflow_run.json"  # written by train into the models directory, read by evaluate
+# The sha256 of the checkpoint a run trained: a tag of the run and a key of mlflow_run.json.
+CHECKPOINT_TAG = "textclf.checkpoint_sha256"
 DEFAULT_STORE = "mlflow.db"
 T = TypeVar("T")
 
@@ -361,8 +364,19 @@ def check_tracking_uri(uri: str, timeout: float = REACH_TIMEOUT_SECONDS) -> None
             raise TextclfError(f"MLflow tracking URI {shown}: {existing or path} is not a writable directory")
 
 
-def write_run_reference(models_dir: Path, run_id: str, experiment_id: str) -> None:
-    write_json(models_dir / RUN_FILE, {"run_id": run_id, "experiment_id": experiment_id})
+def write_run_reference(models_dir: Path, run_id: str, experiment_id: str, checkpoint_sha256: str) -> None:
+    write_json(
+        models_dir / RUN_FILE,
+        {"run_id": run_id, "experiment_id": experiment_id, "checkpoint_sha256": checkpoint_sha256},
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def existing_run(uri: str, models_dir: Path) -> str | None:
