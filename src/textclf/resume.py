@@ -15,6 +15,7 @@ directory listing: the MLflow store is opened only for a run that needs marking.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -84,6 +85,8 @@ def run_to_resume(resume: Path, uri: str, experiment_id: str) -> str | None:
 def sweep_abandoned(cfg: Config, exclude: Path | None = None) -> None:
     """Settles the resume points of dead trainings under ``cfg.paths.cache`` (see the module
     docstring); ``exclude`` is the caller's own resume point, which train decides about."""
+    if any(os.environ.get(name, "0") != "0" for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID")):
+        return  # a DDP rank other than 0 (before its Trainer knows): rank 0 sweeps, and alone opens the store
     root = (cfg.paths.cache / RESUME_DIR).absolute()
     try:
         entries = sorted(path for path in root.iterdir() if path.is_dir())
