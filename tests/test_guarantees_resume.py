@@ -140,3 +140,55 @@ def test_a_killed_hydra_job_resumes_to_the_uninterrupted_result(corpus, uninterr
     assert metrics == json.loads((uninterrupted / "reports" / "metrics.json").read_text())
     run = the_one_run(uri)
     assert run.data.metrics["test/accuracy"] == metrics["accuracy"]
+
+
+def stage_command(module: str, params: Path) -> list[str]:
+    return [sys.executable, "-m", f"textclf.stages.{module}", "--params", str(params)]
+
+
+def killed_stage(corpus, tmp_path: Path) -> tuple[Path, object, str, dict[str, str]]:
+    """A train stage SIGKILLed after its first resume point: (params, cfg, store URI, env)."""
+    params = tmp_path / "params.yaml"
+    write_params(params, [*overrides(*corpus), *paths(tmp_path)], root=REPO_ROOT)
+    cfg = load_params(params)
+    download(cfg.data, cfg.paths.raw, progress=False)
+    preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = subprocess_env(MLFLOW_TRACKING_URI=uri)
+    kill_after_first_epoch(stage_command("train", params), tmp_path, env, cfg.paths.cache / "resume")
+    return params, cfg, uri, env
+
+
+def test_a_killed_training_is_marked_killed_by_the_next_stage_and_still_resumes(corpus, tmp_path: Path) -> None:
+    params, cfg, uri, env = killed_stage(corpus, tmp_path)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    assert run.info.status == "RUNNING"  # what SIGKILL leaves
+
+    # A stage that does not train (as when `dvc repro` restores train's outputs from its cache).
+    output = completed(stage_command("preprocess", params), tmp_path, env)
+    assert f"MLflow run {run.info.run_id} was left RUNNING by a training that died; marked KILLED" in output
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    (point,) = (cfg.paths.cache / "resume").glob("*/last.ckpt")  # kept for the rerun
+    assert "marked KILLED" not in completed(stage_command("preprocess", params), tmp_path, env)  # once
+
+    output = completed(stage_command("train", params), tmp_path, env)
+    assert "train: resuming from" in output
+    assert the_one_run(uri).info.run_id == run.info.run_id  # FINISHED, resumed, every epoch once
+    assert list((cfg.paths.cache / "resume").iterdir()) == []  # no resume point, no lock file
+
+
+def test_a_resume_point_whose_run_is_not_in_the_store_is_discarded(corpus, uninterrupted: Path, tmp_path: Path) -> None:
+    params, cfg, uri, env = killed_stage(corpus, tmp_path)
+    for store in tmp_path.glob("mlflow.db*"):  # replaced by a new, empty store at the same path
+        store.unlink()
+
+    output = completed(stage_command("train", params), tmp_path, env)
+    assert "train: discarding the resume point" in output and "training from scratch" in output
+    assert "resuming" not in output
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    assert run.info.status == "FINISHED" and "resumed" not in run.data.tags
+    epochs = client.get_metric_history(run.info.run_id, "val/f1_macro")
+    assert sorted(m.step for m in epochs) == sorted({m.step for m in epochs}) and len(epochs) == EPOCHS
+    assert_same_weights(cfg.paths.models / "model.ckpt", uninterrupted / "models" / "model.ckpt")

@@ -1,6 +1,6 @@
 """`python -m textclf`: the whole pipeline for one Hydra config, or a sweep of them.
 
-    python -m textclf                                   # one run, outputs in outputs/<date>/
+    python -m textclf                                   # one run, outputs in outputs/<date>/<time>-<id>/
     python -m textclf -m model=fasttext,lstm optimizer.lr=1e-3,3e-4   # 4 jobs, 4 MLflow runs
     python -m textclf --help                            # config groups and options
 
@@ -16,13 +16,14 @@ always trains.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from textclf.config import credential_problems, validate
@@ -30,6 +31,14 @@ from textclf.errors import TextclfError
 from textclf.params import CONFIG_NAME, conf_dir, describe_composition_error
 
 FORCE_ENV = "TEXTCLF_FORCE"  # "1": sweeps train jobs that already have a finished run
+
+# ${textclf.unique:} in hydra.run.dir / hydra.sweep.dir (conf/config.yaml): "<pid>-<6 hex>",
+# one value per process, so two runs started in the same second never share a directory.
+# Cached like Hydra's ${now:}: the value resolved once is the one the config keeps, and Hydra
+# copies the cache into each sweep job's config (joblib workers included). A DDP child gets
+# its parent job's directory as a plain hydra.run.dir override, so it never resolves its own.
+UNIQUE_ID = f"{os.getpid()}-{secrets.token_hex(3)}"
+OmegaConf.register_new_resolver("textclf.unique", lambda: UNIQUE_ID, use_cache=True, replace=True)
 
 
 def forced() -> bool:

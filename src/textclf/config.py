@@ -62,6 +62,7 @@ class TrainConfig(_Section):
     num_threads: PositiveInt | None
     length_buckets: PositiveInt | None
     resume_interval_s: NonNegativeFloat | None  # 0: a resume point every epoch; null: none
+    resume_keep_s: NonNegativeFloat | None  # a dead training's resume point is deleted after; null: never
 
 
 class OptimizerConfig(_Section):

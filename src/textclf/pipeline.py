@@ -21,12 +21,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
 from lightning.pytorch.callbacks import Callback
 
 from textclf.config import Config, to_dict
 from textclf.data.encoded import MANIFEST_FILE, read_manifest
 from textclf.resources import check_devices
+from textclf.locks import path_lock
+from textclf.resume import sweep_abandoned
 from textclf.stages.download import download
 from textclf.stages.evaluate import evaluate
 from textclf.stages.preprocess import FORMAT_VERSION, PREPROCESS_PARAMS, preprocess
@@ -51,16 +52,17 @@ def processed_key(cfg: Config) -> str:
 def prepare_data(cfg: Config, progress: bool = True) -> Path:
     """Returns the processed directory for ``cfg``, downloading and preprocessing if needed.
 
-    A file lock per entry makes concurrent jobs (parallel launchers) wait for one writer.
+    A lock per entry (``<entry>.lock``, there while held) makes concurrent jobs (parallel
+    launchers) wait for one writer.
     """
     cache = cfg.paths.cache
     cache.mkdir(parents=True, exist_ok=True)
     raw_dir = cache / "downloads" / cfg.data.sha256.lower()
-    with FileLock(str(raw_dir) + ".lock"):
+    with path_lock(f"{raw_dir}.lock"):
         if not (raw_dir / cfg.data.archive_name).is_file():
             download(cfg.data, raw_dir, progress=progress)
     processed = cache / "processed" / processed_key(cfg)
-    with FileLock(str(processed) + ".lock"):
+    with path_lock(f"{processed}.lock"):
         if not (processed / MANIFEST_FILE).is_file():
             preprocess(cfg.data, raw_dir / cfg.data.archive_name, processed)
     return processed
@@ -116,6 +118,7 @@ def run_pipeline(
     again: the summary is that run's, with ``skipped: True``."""
     check_tracking_uri(tracking_uri(cfg.tracking))  # before any work (train checks again, after the data)
     check_devices(cfg.trainer)
+    sweep_abandoned(cfg)  # runs of trainings that died: KILLED, also when this job is skipped
     processed = prepare_data(cfg)
     job_fingerprint = fingerprint(cfg, processed)
     if skip_finished:
@@ -126,7 +129,7 @@ def run_pipeline(
     summary = train(cfg, processed, models_dir, reports_dir, tags=tags, callbacks=callbacks)
     if not summary:  # a non-zero DDP rank: rank 0 evaluates
         return {}
-    metrics = evaluate(cfg, processed, models_dir, reports_dir)
+    metrics = evaluate(cfg, processed, models_dir, reports_dir, run_id=summary["run_id"])
     tag_fingerprint(cfg, summary["run_id"], job_fingerprint)  # last: only a whole job counts as done
     return {**summary, **{f"test_{key}": value for key, value in metrics.items()}}
 

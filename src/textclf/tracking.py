@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -22,6 +23,8 @@ from textclf.config import TrackingConfig, flatten
 from textclf.errors import TextclfError
 
 RUN_FILE = "mlflow_run.json"  # written by train into the models directory, read by evaluate
+# The sha256 of the checkpoint a run trained: a tag of the run and a key of mlflow_run.json.
+CHECKPOINT_TAG = "textclf.checkpoint_sha256"
 DEFAULT_STORE = "mlflow.db"
 T = TypeVar("T")
 
@@ -462,10 +465,13 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def write_run_reference(models_dir: Path, run_id: str, experiment_id: str, uri: str | None = None) -> None:
-    """``mlflow_run.json``: the run, and (``uri``, masked) the store it is in, so evaluate can
-    tell a store that vanished from one it never saw."""
-    reference = {"run_id": run_id, "experiment_id": experiment_id}
+def write_run_reference(
+    models_dir: Path, run_id: str, experiment_id: str, checkpoint_sha256: str, uri: str | None = None
+) -> None:
+    """``mlflow_run.json``: the run, the checkpoint it trained (evaluate scores only that one) and
+    (``uri``, masked) the store it is in, so evaluate can tell a store that vanished from one it
+    never saw."""
+    reference = {"run_id": run_id, "experiment_id": experiment_id, "checkpoint_sha256": checkpoint_sha256}
     if uri is not None:
         reference["tracking_uri"] = mask_userinfo(uri)
     write_json(models_dir / RUN_FILE, reference)
@@ -481,6 +487,14 @@ def check_run_store(uri: str, reference: Mapping[str, str]) -> None:
         f"the MLflow store {database} that train logged run {reference['run_id']} to no longer exists "
         "(restore it, or train again: `dvc repro -f train`)"
     )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def existing_run(uri: str, models_dir: Path) -> str | None:

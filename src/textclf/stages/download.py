@@ -11,6 +11,7 @@ from pathlib import Path
 from textclf.config import DataConfig, load_params
 from textclf.data.download import BACKOFF_SECONDS, RETRIES, TIMEOUT_SECONDS
 from textclf.data.download import download as fetch_first
+from textclf.resume import sweep_abandoned
 from textclf.stages.cli import run_stage
 
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def stage() -> None:
         cfg = load_params(args.params)
+        sweep_abandoned(cfg)  # runs of trainings that died: KILLED (see textclf.resume)
         path = download(cfg.data, cfg.paths.raw)
         print(f"download: {path} (sha256 {cfg.data.sha256})")
 

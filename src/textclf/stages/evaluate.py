@@ -33,11 +33,12 @@ from textclf.config import Config, load_params
 from textclf.data.datamodule import TextDataModule
 from textclf.errors import TextclfError
 from textclf.models.classifier import TextClassifier
+from textclf.resume import sweep_abandoned
 from textclf.stages.cli import run_stage
 from textclf.stages.train import CHECKPOINT_NAME, CURVES_FILE
 from textclf.tracking import (
-    artifact_store_errors, check_run_store, check_tracking_uri, ensure_experiment, read_run_reference, retry_if_locked,
-    store_errors, tracking_uri,
+    CHECKPOINT_TAG, artifact_store_errors, check_run_store, check_tracking_uri, ensure_experiment, file_sha256,
+    read_run_reference, retry_if_locked, store_errors, tracking_uri,
 )
 
 if TYPE_CHECKING:
@@ -114,8 +115,14 @@ def load_checkpoint(checkpoint: Path) -> TextClassifier:
         raise TextclfError(f"{checkpoint}: refusing to load, not a plain weights checkpoint ({reason})") from error
 
 
-def evaluate(cfg: Config, processed: Path, models_dir: Path, reports_dir: Path) -> dict[str, float]:
-    """Scores the test split once; returns the metrics written to metrics.json."""
+def evaluate(
+    cfg: Config, processed: Path, models_dir: Path, reports_dir: Path, run_id: str | None = None
+) -> dict[str, float]:
+    """Scores the test split once; returns the metrics written to metrics.json.
+
+    The checkpoint must be the one its MLflow run trained (its sha256, recorded by train in
+    mlflow_run.json and as a tag of the run) and, given ``run_id`` (a pipeline job evaluating
+    what it just trained), that run must be ``run_id``: else nothing is scored or logged."""
     checkpoint = models_dir / f"{CHECKPOINT_NAME}.ckpt"
     if not checkpoint.is_file():
         raise TextclfError(f"{checkpoint}: checkpoint not found (run `dvc repro train`)")
@@ -123,8 +130,23 @@ def evaluate(cfg: Config, processed: Path, models_dir: Path, reports_dir: Path) 
     # minutes, a vanished SQLite store silently recreated empty, after the reports were written.
     uri = tracking_uri(cfg.tracking)
     check_tracking_uri(uri)
-    check_run_store(uri, read_run_reference(models_dir))
+    reference = read_run_reference(models_dir)
+    check_run_store(uri, reference)
+    if run_id is not None and reference["run_id"] != run_id:
+        raise TextclfError(
+            f"{models_dir}: holds the model of MLflow run {reference['run_id']}, not of run {run_id} that "
+            "this job trained (another run wrote into this directory); nothing evaluated"
+        )
     module = load_checkpoint(checkpoint)
+    # Hashed after loading, against the reference read before: a checkpoint swapped in at any
+    # moment between the two cannot pass for the one the reference names.
+    checkpoint_sha256 = file_sha256(checkpoint)
+    if reference.get("checkpoint_sha256") != checkpoint_sha256:
+        raise TextclfError(
+            f"{checkpoint}: not the checkpoint MLflow run {reference['run_id']} trained (sha256 "
+            f"{checkpoint_sha256[:12]}..., its {models_dir / 'mlflow_run.json'} says "
+            f"{str(reference.get('checkpoint_sha256'))[:12]}...); nothing evaluated (retrain: `dvc repro train`)"
+        )
     datamodule = TextDataModule(
         processed,
         batch_size=cfg.train.eval_batch_size,
@@ -167,7 +189,7 @@ def evaluate(cfg: Config, processed: Path, models_dir: Path, reports_dir: Path) 
         reports_dir / METRICS_FILE: _json_bytes(metrics),
     })
     with store_errors(uri):
-        log_to_run(cfg, models_dir, metrics, reports_dir)
+        log_to_run(cfg, models_dir, metrics, reports_dir, reference)
     return metrics
 
 
@@ -197,18 +219,27 @@ def log_figures(client: MlflowClient, run_id: str, reports_dir: Path, f1_macro: 
         retry_if_locked(client.log_figure, run_id, figure, f"evaluation/{CURVES_PNG}")
 
 
-def log_to_run(cfg: Config, models_dir: Path, metrics: dict[str, float], reports_dir: Path) -> None:
-    """Adds test metrics and reports to the run that trained the checkpoint."""
+def log_to_run(
+    cfg: Config, models_dir: Path, metrics: dict[str, float], reports_dir: Path, reference: dict[str, str] | None = None
+) -> None:
+    """Adds test metrics and reports to the run that trained the checkpoint (``reference``:
+    models_dir's mlflow_run.json as read when the checkpoint was loaded)."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
 
-    reference = read_run_reference(models_dir)
+    if reference is None:
+        reference = read_run_reference(models_dir)
     uri = tracking_uri(cfg.tracking)
     client = retry_if_locked(MlflowClient, tracking_uri=uri)
     run_id = reference["run_id"]
     try:
-        retry_if_locked(client.get_run, run_id)
+        trained = retry_if_locked(client.get_run, run_id).data.tags.get(CHECKPOINT_TAG)
+        if trained != reference.get("checkpoint_sha256"):
+            raise TextclfError(
+                f"{models_dir}: its checkpoint (sha256 {str(reference.get('checkpoint_sha256'))[:12]}...) is not "
+                f"the one MLflow run {run_id} trained ({str(trained)[:12]}...); nothing logged to that run"
+            )
     except MlflowException:
         # The checkpoint came from another store (e.g. restored from a DVC cache elsewhere):
         # record the evaluation in a run of its own rather than failing.
@@ -238,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def stage() -> None:
         cfg = load_params(args.params)
+        sweep_abandoned(cfg)  # runs of trainings that died: KILLED (see textclf.resume)
         metrics = evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
         print(f"evaluate: {json.dumps(metrics)}")
 

@@ -33,6 +33,7 @@ from textclf.data.encoded import (
 )
 from textclf.data.text import Tokenizer, clean, decode
 from textclf.errors import TextclfError
+from textclf.resume import sweep_abandoned
 from textclf.stages.cli import run_stage
 
 FORMAT_VERSION = 1  # bump when the processed layout or tokenization changes
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def stage() -> None:
         cfg = load_params(args.params)
+        sweep_abandoned(cfg)  # runs of trainings that died: KILLED (see textclf.resume)
         archive = cfg.paths.raw / cfg.data.archive_name
         manifest = preprocess(cfg.data, archive, cfg.paths.processed)
         print(f"preprocess: {json.dumps(manifest['counts'])}, vocabulary {manifest['vocab_size']}")

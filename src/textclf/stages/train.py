@@ -7,7 +7,8 @@ MLflow run. Under DDP only rank 0 writes files or talks to MLflow.
 While it trains, the stage keeps a resume point in ``<paths.cache>/resume/<key>/`` (the
 full state after the last completed epoch, the best checkpoint so far, the MLflow run id):
 rerun after a crash, the same training picks up there, in the same MLflow run, and ends with
-the weights an uninterrupted run would have. The directory is deleted when training ends.
+the weights an uninterrupted run would have. The directory is deleted when training ends;
+what becomes of the resume points of trainings that died is in textclf.resume.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import yaml
-from filelock import FileLock, Timeout
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -46,14 +45,16 @@ from textclf.distributed import launch_state_restorer
 from textclf.errors import TextclfError
 from textclf.models.classifier import NonFiniteLoss, TextClassifier
 from textclf.resources import check_devices, check_memory
+from textclf.resume import (
+    LAST_CHECKPOINT, RESUME_DIR, record_run, resume_lock, run_to_resume, sweep_abandoned,
+)
 from textclf.stages.cli import run_stage
 from textclf.tracking import (
-    artifact_store_errors, check_tracking_uri, ensure_experiment, existing_run, redact_config, redact_secrets, retry_if_locked, run_tags,
-    tracking_uri, write_run_reference,
+    CHECKPOINT_TAG, artifact_store_errors, check_tracking_uri, ensure_experiment, file_sha256, mask_userinfo, redact_config, redact_secrets,
+    retry_if_locked, run_tags, tracking_uri, write_run_reference,
 )
 
 CHECKPOINT_NAME = "model"  # -> model.ckpt
-RESUME_DIR, LAST_CHECKPOINT = "resume", "last.ckpt"  # <paths.cache>/resume/<key>/last.ckpt
 MONITOR = "val/f1_macro"
 CURVES_FILE = "training_curves.csv"
 CURVE_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_f1_macro")
@@ -196,20 +197,21 @@ def resume_dir(cfg: Config, manifest: dict[str, Any], uri: str) -> Path:
     return (cfg.paths.cache / RESUME_DIR / key).absolute()
 
 
-@contextmanager
-def resume_lock(resume: Path) -> Iterator[None]:
-    """One training per resume point at a time (a second run of the same config waits)."""
-    resume.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(f"{resume}.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        print(f"train: waiting for another training of this config to finish ({lock.lock_file})", flush=True)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
+def discard_stale(resume: Path, uri: str, trainer: pl.Trainer) -> bool:
+    """Deletes a resume point whose MLflow run is not in the store (mlflow.db replaced or
+    deleted, the run deleted): resuming would finish a new run with no training history.
+    Returns False (train from scratch). Ranks started by an external launcher (torchrun,
+    SLURM) may have seen the point already: they stop, and the rerun starts afresh."""
+    print(
+        f"train: discarding the resume point {resume}: the MLflow run it names is not in "
+        f"{mask_userinfo(uri)} (store replaced?); training from scratch",
+        flush=True,
+    )
+    shutil.rmtree(resume, ignore_errors=True)
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    if trainer.world_size > 1 and environment is not None and environment.creates_processes_externally:
+        raise TextclfError(f"deleted the stale resume point {resume} after the other ranks started; rerun")
+    return False
 
 
 def train(
@@ -288,16 +290,22 @@ def train(
             # The global rank is certain only now (own DDP launcher, torchrun, SLURM): only rank 0
             # writes files and talks to MLflow; the other ranks never open the tracking store.
             if trainer.is_global_zero:
+                sweep_abandoned(cfg, exclude=resume)  # other trainings that died: runs KILLED
                 held.enter_context(resume_lock(resume))
-            # Every rank decides alike: rank 0 changes nothing in ``resume`` before fit starts.
+            # Every rank decides alike: rank 0 changes nothing in ``resume`` before fit starts
+            # (but to discard a stale resume point, which external launchers are told to rerun).
             resuming = last.is_file()
             if trainer.is_global_zero:
-                ensure_experiment(uri, cfg.tracking.experiment_name)
-                previous = existing_run(uri, resume)
-                if previous is not None and not resuming:  # killed before its first epoch ended
-                    from mlflow import MlflowClient
+                from mlflow import MlflowClient
 
-                    retry_if_locked(MlflowClient(tracking_uri=uri).set_terminated, previous, "KILLED")
+                experiment_id = ensure_experiment(uri, cfg.tracking.experiment_name)
+                previous = run_to_resume(resume, uri, experiment_id)
+                if resuming and previous is None:
+                    resuming = discard_stale(resume, uri, trainer)
+                client = MlflowClient(tracking_uri=uri)
+                if previous is not None and not resuming:  # killed before its first epoch ended
+                    if retry_if_locked(client.get_run, previous).info.status == "RUNNING":
+                        retry_if_locked(client.set_terminated, previous, "KILLED")
                 run_id = previous if resuming else None
                 logger = BatchedMLFlowLogger(
                     experiment_name=cfg.tracking.experiment_name,
@@ -313,8 +321,9 @@ def train(
                     logger.log_hyperparams(redact_secrets(flatten(resolved)))
                 else:
                     print(f"train: resuming from {last} (MLflow run {run_id})", flush=True)
+                    retry_if_locked(client.update_run, run_id, status="RUNNING")  # KILLED by a sweep
                     retry_if_locked(logger.experiment.set_tag, run_id, "resumed", "true")
-                write_run_reference(resume, logger.run_id, logger.experiment_id, uri)
+                record_run(resume, logger.run_id, logger.experiment_id, uri)
             try:
                 # Only the pipeline's own file, in its own cache, is resumed from; it holds
                 # plain tensors and containers, so it loads weights-only as well.
@@ -339,15 +348,18 @@ def train(
                 config_file = staging / "config.yaml"
                 config_file.write_text(yaml.safe_dump(redact_config(resolved), sort_keys=False), encoding="utf-8")
                 shutil.copyfile(processed / VOCAB_FILE, staging / VOCAB_FILE)
-                write_run_reference(staging, logger.run_id, logger.experiment_id, uri)
-                # The run shows the config at its root; the weights and the vocabulary are stored
-                # once, inside the logged model (runs:/<id>/model/artifacts/), not again beside it.
+                # Which checkpoint this run trained: evaluate scores only that one into the run.
+                checkpoint_sha256 = file_sha256(model_file)
+                retry_if_locked(logger.experiment.set_tag, logger.run_id, CHECKPOINT_TAG, checkpoint_sha256)
+                write_run_reference(staging, logger.run_id, logger.experiment_id, checkpoint_sha256, uri)
                 # Imported here, not at the top: it loads mlflow.pyfunc, which importing this module
                 # (and ranks other than 0) should not pay for: 0.94 s cold, 0.03 s here, where the
                 # run has already loaded MLflow.
                 from textclf.serving import log_model
 
                 # A full artifact store is named as such, not as a failure to write models_dir.
+                # The run shows the config at its root; the weights and the vocabulary are stored
+                # once, inside the logged model (runs:/<id>/model/artifacts/), not again beside it.
                 with artifact_store_errors(retry_if_locked(logger.experiment.get_run, logger.run_id).info.artifact_uri):
                     retry_if_locked(logger.experiment.log_artifact, logger.run_id, str(config_file))
                     log_model(uri, logger.run_id, model_file, processed, resolved)  # the shippable pyfunc: runs:/<id>/model
