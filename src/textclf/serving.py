@@ -34,6 +34,7 @@ from textclf.data.datamodule import BatchedSplit
 from textclf.data.encoded import LABELS_FILE, UNK_ID, VOCAB_FILE, EncodedSplit, read_labels
 from textclf.data.text import Tokenizer, clean
 from textclf.errors import TextclfError
+from textclf.models.checkpoint import load_checkpoint
 from textclf.tracking import mask_userinfo, mlflow_tracking_uri, redact_config, retry_if_locked
 
 MODEL_NAME = "model"  # artifact name: runs:/<run id>/model
@@ -72,8 +73,6 @@ class TextclfModel(mlflow.pyfunc.PythonModel):
     Holds no state when pickled; ``load_context`` rebuilds everything from the artifacts."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from textclf.stages.evaluate import load_checkpoint  # weights_only=True: refuses pickled code
-
         artifacts = {name: Path(path) for name, path in context.artifacts.items()}
         settings = json.loads(artifacts["tokenizer"].read_text(encoding="utf-8"))
         self.remove = settings["remove"]
