@@ -158,7 +158,8 @@ def test_a_logged_model_whose_checkpoint_names_a_foreign_target_is_refused_when_
     hyperparameters = hostile(data["hyper_parameters"], "model", payloads(marker)[target])
     torch.save({**data, "hyper_parameters": hyperparameters}, stored)
     try:
-        refused = r"^cannot load model runs:/\w+/model from .*: model/artifacts/checkpoint\.ckpt: refusing to load, hyper_parameters\.model\._target_"
+        refused = (r"^cannot load model runs:/\w+/model from .*: "
+                   r"model/artifacts/checkpoint\.ckpt: refusing to load, hyper_parameters\.model\._target_")
         with pytest.raises(TextclfError, match=refused) as error:
             load_model(f"runs:/{logged.run_id}/model", logged.uri)
         assert "\n" not in str(error.value)

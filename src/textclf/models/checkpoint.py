@@ -76,5 +76,7 @@ def load_checkpoint(checkpoint: Path) -> TextClassifier:
         module.load_state_dict(data["state_dict"])  # strict: every weight present, none extra
     except RuntimeError as error:
         reason = str(error).strip().splitlines()[0]
-        raise TextclfError(f"{checkpoint}: refusing to load, its weights do not fit its hyperparameters ({reason})") from error
+        raise TextclfError(
+            f"{checkpoint}: refusing to load, its weights do not fit its hyperparameters ({reason})"
+        ) from error
     return module

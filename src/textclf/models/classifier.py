@@ -38,7 +38,8 @@ def build(section: str, values: Mapping[str, Any], **runtime: Any) -> Any:
     come from a validated config or from a checkpoint that load_checkpoint checked first."""
     target = values.get("_target_")
     if target not in TARGETS[section]:
-        raise TextclfError(f"{section}._target_: refusing to build {target!r} (not one of: {', '.join(TARGETS[section])})")
+        known = ", ".join(TARGETS[section])
+        raise TextclfError(f"{section}._target_: refusing to build {target!r} (not one of: {known})")
     arguments = {key: value for key, value in values.items() if key not in ("_target_", "_partial_")}
     made = get_object(target)
     if PARTIAL[section]:
