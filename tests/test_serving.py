@@ -142,7 +142,8 @@ def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(tr
     server = subprocess.Popen(
         [str(mlflow_cli), "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager", "local",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=subprocess_env(MLFLOW_TRACKING_URI=uri), stdout=log, stderr=subprocess.STDOUT,
+        env=subprocess_env(MLFLOW_TRACKING_URI=uri, TMPDIR=str(tmp_path)),  # its copy of the model lands there
+        stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the CLI runs the web server as a child
     )
     base = f"http://127.0.0.1:{port}"
