@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +126,17 @@ def test_stage_cli_reports_missing_processed_data(tmp_path: Path) -> None:
 def test_missing_params_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(TextclfError, match="nowhere.yaml"):
         load_params(tmp_path / "nowhere.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model._target_=torch.nn.Linear", "model._target_: cannot import 'torch.nn.Linear' (not one of:"),
+        ("scheduler._target_=os.system", "scheduler._target_: cannot import 'os.system' (not one of:"),
+        ("scheduler._partial_=false", "scheduler._partial_: must be true"),
+        ("+model._partial_=true", "model._partial_: must be false"),
+    ],
+)
+def test_a_section_builds_only_the_project_s_own_targets(override: str, message: str) -> None:
+    with pytest.raises(TextclfError, match=re.escape(message)):
+        validate(compose([override], root=REPO_ROOT))

@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,23 @@ def test_a_missing_run_or_alias_is_one_line(run: TinyRun) -> None:
         predict(run_model_uri(run.run_id), ["text"], run.uri.replace("mlflow.db", "missing.db"))
     with pytest.raises(TextclfError, match="no texts"):
         predict(run_model_uri(run.run_id), [], run.uri)
+
+
+def test_loading_a_model_leaves_nothing_in_the_temporary_directory(
+    run: TinyRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile reads $TMPDIR again
+    assert tempfile.gettempdir() == str(scratch)
+    register(run.run_id, run.uri, name="textclf-tmp", alias="champion")
+    path = list(sys.path)
+    from_run = predict(run_model_uri(run.run_id), list(TEXTS.values()), run.uri)
+    from_registry = predict("models:/textclf-tmp@champion", list(TEXTS.values()), run.uri)
+    assert from_run.equals(from_registry) and from_run["label"].tolist() == list(TEXTS)
+    assert list(scratch.iterdir()) == []  # MLflow's own copy would be left here (50-65 MB each)
+    assert sys.path == path  # the copy's code/ directory is not left on sys.path either
 
 
 def test_texts_come_from_arguments_a_file_or_stdin(tmp_path: Path) -> None:

@@ -1,22 +1,30 @@
-"""Security: checkpoints load weights only, logged params carry no secrets, and a hostile
-archive writes nothing anywhere."""
+"""Security: checkpoints load weights only and build nothing they name, logged params carry no
+secrets, and a hostile archive writes nothing anywhere."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import pickle
+import shutil
 import tarfile
+import uuid
 from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import get_object
 
 from textclf.errors import TextclfError
+from textclf.models.classifier import TextClassifier
+from textclf.predict import load_model
 from textclf.stages.evaluate import load_checkpoint
 from textclf.stages.preprocess import preprocess
 from textclf.tracking import MASK, mask_userinfo, redact_secrets
 
 from conftest import build_archive
+from tiny_run import TinyRun, tiny_run
 
 
 class RunsCode:
@@ -39,6 +47,126 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
     torch.load(checkpoint, weights_only=False)  # the payload is live: a full unpickle runs it
     assert marker.is_dir()
+
+
+HYPERPARAMETERS = {  # what TextClassifier saves: a tiny fasttext, Adam, cosine
+    "model": {"_target_": "textclf.models.fasttext.FastText", "embed_dim": 4, "ngram_buckets": 8,
+              "dropout": 0.0, "weighting": "mean", "sparse": False, "max_len": None},
+    "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01, "weight_decay": 0.0},
+    "scheduler": {"_target_": "textclf.models.schedules.cosine", "_partial_": True,
+                  "warmup_fraction": 0.1, "min_lr_ratio": 0.0},
+    "vocab_size": 10, "num_classes": 3, "label_smoothing": 0.0,
+}
+
+
+def payloads(marker: Path) -> dict[str, dict]:
+    """Hydra sections that create ``marker`` when instantiated, one per way to run code. They
+    pass torch.load(weights_only=True): strings, bytes, lists and dicts only."""
+    module = marker.parent / f"textclf_payload_{uuid.uuid4().hex}.py"  # importing it (once) runs it
+    module.write_text(f"import os\nos.mkdir({str(marker)!r})\n")
+    code = pickle.dumps(RunsCode(marker))
+    return {
+        "os.system": {"_target_": "os.system", "command": f"mkdir '{marker}'"},
+        "subprocess.run": {"_target_": "subprocess.run", "args": ["mkdir", str(marker)]},
+        "builtins.exec": {"_target_": "builtins.exec", "_args_": [f"import os; os.mkdir({str(marker)!r})"]},
+        # The issue's file: torch.load with weights_only off, over an in-memory pickle.
+        "torch.load": {"_target_": "torch.load", "f": {"_target_": "io.BytesIO", "initial_bytes": code},
+                       "weights_only": False},
+        "pickle.loads": {"_target_": "pickle.loads", "_args_": [code]},
+        "importlib.import_module": {"_target_": "importlib.import_module", "name": module.stem},
+    }
+
+
+def build_blindly(value):  # noqa: ANN001, ANN201 - any section
+    """What an unchecked builder does with a section: ``_target_(*_args_, **rest)``, nested
+    sections first. (Hydra's own instantiate now blocklists some of these targets; a checkpoint
+    must be safe whatever the builder.)"""
+    if isinstance(value, list):
+        return [build_blindly(item) for item in value]
+    if not isinstance(value, dict) or "_target_" not in value:
+        return value
+    arguments = {key: build_blindly(item) for key, item in value.items() if key not in ("_target_", "_args_")}
+    return get_object(value["_target_"])(*build_blindly(value.get("_args_", [])), **arguments)
+
+
+def hostile(hyperparameters: dict, where: str, payload: dict) -> dict:
+    """``hyperparameters`` with ``payload`` as a whole section (``model``) or as one argument
+    (``model.embed_dim``)."""
+    values = {key: dict(value) if isinstance(value, dict) else value for key, value in hyperparameters.items()}
+    section, _, argument = where.partition(".")
+    if argument:
+        values[section][argument] = payload
+    else:
+        values[section] = payload
+    return values
+
+
+def save_checkpoint(path: Path, hyperparameters: dict) -> Path:
+    """A checkpoint as train writes one (weights_only-loadable), with these hyperparameters."""
+    weights = TextClassifier(**HYPERPARAMETERS).state_dict()
+    torch.save({"state_dict": weights, "hyper_parameters": hyperparameters, "epoch": 0}, path)
+    return path
+
+
+def test_a_checkpoint_with_the_project_s_own_targets_loads_with_its_weights(tmp_path: Path) -> None:
+    checkpoint = save_checkpoint(tmp_path / "model.ckpt", HYPERPARAMETERS)
+    module = load_checkpoint(checkpoint)
+    saved = torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert all(torch.equal(module.state_dict()[name], tensor) for name, tensor in saved.items())
+    assert dict(module.hparams) == HYPERPARAMETERS
+
+
+FOREIGN = ["os.system", "subprocess.run", "builtins.exec", "torch.load", "pickle.loads", "importlib.import_module"]
+WHERE = ["model", "optimizer", "scheduler", "model.embed_dim", "optimizer.lr", "scheduler.warmup_fraction"]
+
+
+@pytest.mark.parametrize("where", WHERE)
+@pytest.mark.parametrize("target", FOREIGN)
+def test_a_checkpoint_naming_a_foreign_target_is_refused_before_anything_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str, where: str
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))  # where importlib.import_module finds the payload module
+    marker = tmp_path / "pwned"
+    payload = payloads(marker)[target]
+    checkpoint = save_checkpoint(tmp_path / "model.ckpt", hostile(HYPERPARAMETERS, where, payload))
+    with pytest.raises(TextclfError) as error:
+        load_checkpoint(checkpoint)
+    message = str(error.value)
+    assert message.startswith(f"{checkpoint}: refusing to load, hyper_parameters.{where}") and "\n" not in message
+    assert not marker.exists()
+    with contextlib.suppress(RuntimeError):  # torch.load runs the pickle, then finds no magic number
+        build_blindly(payload)  # the payload is live: building what it names runs it
+    assert marker.is_dir()
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory, tiny_archive) -> TinyRun:
+    return tiny_run(tmp_path_factory.mktemp("logged"), *tiny_archive)
+
+
+@pytest.mark.parametrize("target", FOREIGN)
+def test_a_logged_model_whose_checkpoint_names_a_foreign_target_is_refused_when_it_loads(
+    logged: TinyRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    marker = tmp_path / "pwned"
+    root = Path(logged.uri.removeprefix("sqlite:///")).parent
+    [stored] = (root / "mlartifacts").glob("models/*/artifacts/artifacts/checkpoint.ckpt")  # in the store
+    original = tmp_path / "original.ckpt"
+    shutil.copyfile(stored, original)
+    data = torch.load(original, weights_only=True)
+    hyperparameters = hostile(data["hyper_parameters"], "model", payloads(marker)[target])
+    torch.save({**data, "hyper_parameters": hyperparameters}, stored)
+    try:
+        refused = (r"^cannot load model runs:/\w+/model from .*: "
+                   r"model/artifacts/checkpoint\.ckpt: refusing to load, hyper_parameters\.model\._target_")
+        with pytest.raises(TextclfError, match=refused) as error:
+            load_model(f"runs:/{logged.run_id}/model", logged.uri)
+        assert "\n" not in str(error.value)
+        assert not marker.exists()
+    finally:
+        shutil.copyfile(original, stored)
+    assert load_model(f"runs:/{logged.run_id}/model", logged.uri) is not None  # the store is whole again
 
 
 SECRET_ENV = {

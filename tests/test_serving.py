@@ -66,6 +66,8 @@ def test_the_model_packs_what_it_needs_and_pins_its_requirements(trained, tmp_pa
     tokenizer = json.loads((local / "artifacts" / "tokenizer.json").read_text())
     assert set(tokenizer) == {"remove", "lowercase", "token_pattern"}
     assert (local / "code" / "textclf" / "serving.py").is_file()
+    # Models-from-code: MLflow runs pyfunc_model.py to make the model; no pickle of ours.
+    assert (local / "pyfunc_model.py").is_file() and not list(local.rglob("*.pkl"))
     assert not list((local / "code").rglob("__pycache__"))
     requirements = (local / "requirements.txt").read_text().split()
     assert all("==" in line for line in requirements)
@@ -78,6 +80,8 @@ def test_bad_input_is_named_in_one_line() -> None:
         texts_of(pd.DataFrame({"body": ["x"]}))
     with pytest.raises(TextclfError, match="must be a string"):
         texts_of([3])
+    with pytest.raises(TextclfError, match=r"must be a string \(got NoneType: None\)"):
+        texts_of(["fine", None])  # a JSON null
     assert texts_of("one text") == ["one text"]
 
 
@@ -117,8 +121,20 @@ def free_port() -> int:
 SERVER_START_TIMEOUT_SECONDS = 180.0
 
 
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    """-> (HTTP status, JSON answer) of a JSON POST; the answer names no file of the server's."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read().decode()
+    assert "Traceback" not in text and ".py" not in text and "site-packages" not in text, text
+    return status, json.loads(text)
+
+
 @pytest.mark.slow
-def test_mlflow_models_serve_answers_with_labels_and_probabilities(trained, tmp_path: Path) -> None:
+def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(trained, tmp_path: Path) -> None:
     uri, run_id = trained
     port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
@@ -126,7 +142,8 @@ def test_mlflow_models_serve_answers_with_labels_and_probabilities(trained, tmp_
     server = subprocess.Popen(
         [str(mlflow_cli), "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager", "local",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=subprocess_env(MLFLOW_TRACKING_URI=uri), stdout=log, stderr=subprocess.STDOUT,
+        env=subprocess_env(MLFLOW_TRACKING_URI=uri, TMPDIR=str(tmp_path)),  # its copy of the model lands there
+        stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the CLI runs the web server as a child
     )
     base = f"http://127.0.0.1:{port}"
@@ -152,6 +169,19 @@ def test_mlflow_models_serve_answers_with_labels_and_probabilities(trained, tmp_
         for row in predictions:
             assert sum(row[label] for label in LABELS) == pytest.approx(1.0, abs=1e-5)
             assert row[row["label"]] == max(row[label] for label in LABELS)
+        # Bad requests: 400, and a message without a stack trace or a path of the server's.
+        for records, message in (
+            ([{"text": "fine"}, {"text": 3}], "model input: every text must be a string (got int: 3)"),
+            ([{"text": None}], "model input: every text must be a string (got NoneType: None)"),
+        ):
+            status, answer = post(f"{base}/invocations", json.dumps({"dataframe_records": records}).encode())
+            assert (status, answer["message"]) == (400, message)
+            assert "stack_trace" not in answer
+        # These two MLflow answers itself, before the model sees the request.
+        status, answer = post(f"{base}/invocations", json.dumps({"dataframe_records": [{"body": "x"}]}).encode())
+        assert status == 400 and "missing inputs ['text']" in answer["message"]
+        status, answer = post(f"{base}/invocations", b'{"dataframe_records": [')
+        assert status == 400 and answer["message"].startswith("Invalid input. Ensure that input is a valid JSON")
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the group of the process started above, only
         try:

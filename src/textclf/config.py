@@ -4,6 +4,8 @@ Defaults live only in conf/. The schema below holds types and ranges, never valu
 key missing from conf/ is an error rather than a silently different default. Sections built
 with ``_target_`` (model, scheduler) are checked against the signature of the object they
 build: the constructor's own annotations (``Annotated[int, Field(gt=0)]``) are the schema.
+What a section may build is a fixed list of the project's own classes (TARGETS): a
+checkpoint's hyperparameters are these sections too, and loading one must build nothing else.
 """
 
 from __future__ import annotations
@@ -65,10 +67,25 @@ class TrainConfig(_Section):
     resume_keep_s: NonNegativeFloat | None  # a dead training's resume point is deleted after; null: never
 
 
+# What each built section may name: every class or function the project builds from a config
+# section or a checkpoint's hyperparameters. Imported by name only once a name is found here.
+TARGETS = {
+    "model": (
+        "textclf.models.fasttext.FastText",
+        "textclf.models.lstm.LSTMClassifier",
+        "textclf.models.transformer.TransformerClassifier",
+    ),
+    "optimizer": ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"),
+    "scheduler": (
+        "textclf.models.schedules.constant",
+        "textclf.models.schedules.cosine",
+        "textclf.models.schedules.linear_warmup",
+    ),
+}
+
+
 class OptimizerConfig(_Section):
-    target: Literal["torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"] = Field(
-        alias="_target_"
-    )
+    target: Literal[TARGETS["optimizer"]] = Field(alias="_target_")  # type: ignore[valid-type]
     partial: Literal[True] = Field(alias="_partial_")
     lr: PositiveFloat
     weight_decay: NonNegativeFloat
@@ -131,13 +148,20 @@ RUNTIME_ARGUMENTS = {
     "model": ("vocab_size", "num_classes"),
     "scheduler": ("optimizer", "total_steps"),
 }
+# Whether a section is built as a partial, finished with its runtime arguments later
+# (``_partial_: true``; the optimizer's is fixed by OptimizerConfig).
+PARTIAL = {"model": False, "optimizer": True, "scheduler": True}
 
 
 def _check_target_section(section: str, values: Mapping[str, Any]) -> list[str]:
-    """Checks a ``_target_`` section against the signature of what it builds."""
+    """Checks a ``_target_`` section against the signature of what it builds: a name in
+    TARGETS[section], arguments its signature takes, values its annotations accept (so plain
+    data: a nested ``_target_`` is a mapping where a number or a string is expected)."""
     target = values.get("_target_")
     if not isinstance(target, str):
         return [f"{section}._target_: missing (the class or function to build)"]
+    if target not in TARGETS[section]:
+        return [f"{section}._target_: cannot import {target!r} (not one of: {', '.join(TARGETS[section])})"]
     try:
         built = get_object(target)
     except Exception:  # noqa: BLE001 - Hydra raises several types for an unimportable path
@@ -145,6 +169,9 @@ def _check_target_section(section: str, values: Mapping[str, Any]) -> list[str]:
     parameters = inspect.signature(built).parameters
     allowed = [name for name in parameters if name not in RUNTIME_ARGUMENTS[section]]
     problems = []
+    if values.get("_partial_", False) is not PARTIAL[section]:
+        expected = str(PARTIAL[section]).lower()
+        problems.append(f"{section}._partial_: must be {expected} (got {values['_partial_']!r})")
     for key, value in values.items():
         if key in ("_target_", "_partial_"):
             continue

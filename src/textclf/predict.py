@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import TextIO
 
@@ -40,13 +42,28 @@ def _reason(error: Exception) -> str:
 
 def load_model(model_uri: str, tracking_uri: str):  # noqa: ANN201 - mlflow.pyfunc.PyFuncModel
     """Loads ``runs:/<id>/model``, ``models:/<name>@<alias>``, ``models:/<name>/<version>``
-    or a local model directory; a missing run, model or alias is one TextclfError."""
+    or a local model directory; a missing run, model or alias is one TextclfError.
+
+    The model is copied into a temporary directory removed once it is loaded (left to itself
+    MLflow copies it into a fresh one under $TMPDIR, 50-65 MB, and never removes it): the
+    model reads every artifact into memory while it loads, and its code/ directory, which
+    MLflow puts first on sys.path, is taken off it again (this process runs the textclf it
+    has already imported)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        with mlflow_tracking_uri(require_store(tracking_uri)), store_errors(tracking_uri):
-            return mlflow.pyfunc.load_model(model_uri)
+        with mlflow_tracking_uri(require_store(tracking_uri)), \
+                store_errors(tracking_uri), tempfile.TemporaryDirectory(prefix="textclf-load-") as copy:
+            path = list(sys.path)
+            try:
+                return mlflow.pyfunc.load_model(model_uri, dst_path=copy)
+            except TextclfError as error:  # a refused artifact: named inside the model, not the copy
+                raise TextclfError(
+                    f"cannot load model {model_uri} from {tracking_uri}: {str(error).replace(copy + os.sep, '')}"
+                ) from error
+            finally:
+                sys.path[:] = [entry for entry in sys.path if entry in path or not entry.startswith(copy)]
     except (MlflowException, OSError) as error:
         raise TextclfError(f"cannot load model {model_uri} from {tracking_uri}: {_reason(error)}") from error
 

@@ -10,6 +10,7 @@ Each training logs one under the artifact name ``model``; it loads anywhere MLfl
   artifacts/labels.json      class names; index i is class i
   artifacts/config.yaml      the resolved config that trained it (secrets masked, as in the run's params)
   code/textclf/              this package, so the model runs the code it was trained with
+  pyfunc_model.py            the file MLflow runs to make the model (models-from-code: no pickle)
 
 Requirements are pinned explicitly to the versions installed here: MLflow's requirement
 inference would reload the model and may reach for the network.
@@ -28,15 +29,21 @@ import mlflow
 import pandas as pd
 import torch
 import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from textclf.atomic import link_or_copy
 from textclf.data.datamodule import BatchedSplit
 from textclf.data.encoded import LABELS_FILE, UNK_ID, VOCAB_FILE, EncodedSplit, read_labels
 from textclf.data.text import Tokenizer, clean
 from textclf.errors import TextclfError
+from textclf.models.checkpoint import load_checkpoint
 from textclf.tracking import mask_userinfo, mlflow_tracking_uri, redact_config, retry_if_locked
 
 MODEL_NAME = "model"  # artifact name: runs:/<run id>/model
+# Models-from-code: MLflow copies this file into the model and runs it on load (after putting
+# code/ on sys.path); it names TextclfModel, so the model holds no pickle (python_model.pkl).
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 TEXT_COLUMN, LABEL_COLUMN = "text", "label"
 TOKENIZER_FILE, CONFIG_FILE, CHECKPOINT_FILE = "tokenizer.json", "config.yaml", "checkpoint.ckpt"
 TOKENIZER_KEYS = ("remove", "lowercase", "token_pattern")
@@ -49,31 +56,45 @@ REQUIREMENTS = (
 EXAMPLE_TEXTS = ["An example message to classify.", "Another one, with more words than the first."]
 
 
+class ModelInputError(TextclfError, MlflowException):
+    """Input the model cannot classify, in one line: a TextclfError to Python callers, and to
+    ``mlflow models serve`` an INVALID_PARAMETER_VALUE (HTTP 400) whose JSON ``message`` is
+    that line alone. (The scoring server prefixes an MlflowException's message with the
+    request's data and answers any other exception with a stack trace and server paths.)"""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    def serialize_as_json(self) -> str:
+        body = json.loads(super().serialize_as_json())
+        body["message"] = str(self)  # the line itself: the server rewrites ``self.message``
+        return json.dumps(body)
+
+
 def texts_of(model_input: Any) -> list[str]:
     """A DataFrame with a ``text`` column, a Series, or a list of strings -> list of strings."""
     if isinstance(model_input, pd.DataFrame):
         if TEXT_COLUMN not in model_input.columns:
-            raise TextclfError(
+            raise ModelInputError(
                 f"model input: expected a '{TEXT_COLUMN}' column (got columns {list(model_input.columns)})"
             )
         model_input = model_input[TEXT_COLUMN]
     if isinstance(model_input, str):
         model_input = [model_input]
     texts = list(model_input)
-    bad = next((text for text in texts if not isinstance(text, str)), None)
-    if bad is not None:
-        raise TextclfError(f"model input: every text must be a string (got {type(bad).__name__}: {bad!r:.60})")
+    for text in texts:  # None included (a JSON null)
+        if not isinstance(text, str):
+            raise ModelInputError(f"model input: every text must be a string (got {type(text).__name__}: {text!r:.60})")
     return texts
 
 
 class TextclfModel(mlflow.pyfunc.PythonModel):
     """Raw text -> the same tokens preprocess made -> the trained classifier -> probabilities.
 
-    Holds no state when pickled; ``load_context`` rebuilds everything from the artifacts."""
+    Made by pyfunc_model.py, with no state; ``load_context`` reads every artifact into memory
+    (the model directory can be removed once it returns)."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        from textclf.stages.evaluate import load_checkpoint  # weights_only=True: refuses pickled code
-
         artifacts = {name: Path(path) for name, path in context.artifacts.items()}
         settings = json.loads(artifacts["tokenizer"].read_text(encoding="utf-8"))
         self.remove = settings["remove"]
@@ -155,8 +176,6 @@ def log_model(uri: str, run_id: str, checkpoint: Path, processed: Path, config: 
     ``checkpoint`` is the best checkpoint, ``processed`` the directory holding the vocabulary
     and labels it was trained on, ``config`` the resolved config (its ``data`` section holds
     the tokenizer settings)."""
-    from mlflow.exceptions import MlflowException
-
     labels = read_labels(processed)
     if LABEL_COLUMN in labels:
         raise TextclfError(f"a class is named '{LABEL_COLUMN}', which clashes with the prediction column")
@@ -185,7 +204,7 @@ def log_model(uri: str, run_id: str, checkpoint: Path, processed: Path, config: 
                     flavor=mlflow.pyfunc,
                     run_id=run_id,
                     model_id=model.model_id,
-                    python_model=TextclfModel(),
+                    python_model=str(MODEL_CODE),
                     artifacts=artifacts,
                     code_paths=[str(code)],
                     signature=signature(labels),

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Mapping
 
 import lightning.pytorch as pl
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 
+from textclf.config import PARTIAL, TARGETS
 from textclf.errors import TextclfError
 from textclf.models.optim import build_optimizer
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -29,11 +31,28 @@ def split_metrics(num_classes: int, prefix: str) -> MetricCollection:
     )
 
 
+def build(section: str, values: Mapping[str, Any], **runtime: Any) -> Any:
+    """A ``_target_`` section -> what it names, called with its other keys and ``runtime``
+    (a ``functools.partial`` for the sections built later; the same call Hydra's instantiate
+    makes). Only the project's own classes (config.TARGETS) are ever built: the sections
+    come from a validated config or from a checkpoint that load_checkpoint checked first."""
+    target = values.get("_target_")
+    if target not in TARGETS[section]:
+        known = ", ".join(TARGETS[section])
+        raise TextclfError(f"{section}._target_: refusing to build {target!r} (not one of: {known})")
+    arguments = {key: value for key, value in values.items() if key not in ("_target_", "_partial_")}
+    made = get_object(target)
+    if PARTIAL[section]:
+        return functools.partial(made, **arguments, **runtime)
+    return made(**arguments, **runtime)
+
+
 class TextClassifier(pl.LightningModule):
     """Builds its backbone from the model config, so a checkpoint alone rebuilds the model.
 
     ``model``, ``optimizer`` and ``scheduler`` are the resolved config sections (plain dicts
-    with ``_target_``); they are saved as hyperparameters inside every checkpoint.
+    with ``_target_``, one of config.TARGETS); they are saved as hyperparameters inside every
+    checkpoint, which models/checkpoint.py validates before building this from them.
     """
 
     def __init__(
@@ -48,7 +67,7 @@ class TextClassifier(pl.LightningModule):
         super().__init__()
         # Saved in the checkpoint; the train stage logs the whole flattened config itself.
         self.save_hyperparameters(logger=False)
-        self.backbone: nn.Module = instantiate(model, vocab_size=vocab_size, num_classes=num_classes)
+        self.backbone: nn.Module = build("model", model, vocab_size=vocab_size, num_classes=num_classes)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.val_metrics = split_metrics(num_classes, prefix="val/")
         self.train_loss = MeanMetric()  # the epoch's training loss, weighted by documents
@@ -101,8 +120,8 @@ class TextClassifier(pl.LightningModule):
         self.log_dict(self.val_metrics, on_epoch=True, batch_size=size)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(instantiate(self.hparams.optimizer), self)
-        scheduler = instantiate(self.hparams.scheduler)(
+        optimizer = build_optimizer(build("optimizer", self.hparams.optimizer), self)
+        scheduler = build("scheduler", self.hparams.scheduler)(
             optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

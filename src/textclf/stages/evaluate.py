@@ -12,7 +12,6 @@ import argparse
 import csv
 import io
 import json
-import pickle
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +31,7 @@ from textclf.atomic import write_files
 from textclf.config import Config, load_params
 from textclf.data.datamodule import TextDataModule
 from textclf.errors import TextclfError
+from textclf.models.checkpoint import load_checkpoint
 from textclf.models.classifier import TextClassifier
 from textclf.resume import sweep_abandoned
 from textclf.stages.cli import run_stage
@@ -103,16 +103,6 @@ def confusion_png(confusion: torch.Tensor, names: list[str]) -> bytes:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
-
-
-def load_checkpoint(checkpoint: Path) -> TextClassifier:
-    """Loads with weights_only=True: tensors and plain data only, so a tampered checkpoint
-    cannot run code when unpickled; anything else is refused in one line."""
-    try:
-        return TextClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TextclfError(f"{checkpoint}: refusing to load, not a plain weights checkpoint ({reason})") from error
 
 
 def evaluate(
