@@ -178,7 +178,7 @@ def test_valid_archive_is_sorted_with_raw_bytes_intact(tmp_path: Path, mode: str
         f"{TRAIN}/a.grp/10": b"ten",
         "README": b"not a message",
         f"{TRAIN}/a.grp/deeper/x": b"too deep",
-        f"other-split/a.grp/1": b"not a wanted split",
+        "other-split/a.grp/1": b"not a wanted split",
     }
     archive = write_tar(tmp_path / "a.tar", files, [member(f"{TRAIN}/a.grp", tarfile.DIRTYPE)], mode=mode)
     messages = read_messages(archive, SPLITS)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-import pytest
 
 from textclf.stages.download import download
 from textclf.stages.preprocess import preprocess

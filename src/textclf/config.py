@@ -14,7 +14,6 @@ import inspect
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
-from urllib.parse import urlsplit
 
 import yaml
 from hydra.utils import get_object
