@@ -171,3 +171,42 @@ def test_the_content_hash_is_sha256sum_of_the_sorted_files(tiny_archive, tmp_pat
     if result.returncode != 0:
         pytest.skip(f"no GNU find/sort/sha256sum here: {result.stderr.strip()}")
     assert result.stdout.split()[0] == content_sha256(archive)
+
+
+@pytest.mark.slow
+def test_dvc_repro_then_exp_run_work_offline_from_the_data_home_with_no_data_overrides(
+    tiny_archive, tmp_path: Path
+) -> None:
+    """conf/ itself pins the tiny corpus behind an unreachable URL (as the real conf/ pins the
+    real one), the data home holds a re-pack: `dvc repro` runs every stage, and a `dvc exp run`
+    that recomposes params.yaml from conf/ reruns only train and evaluate."""
+    from omegaconf import OmegaConf
+
+    from textclf.params import write_params
+
+    from conftest import shrink_overrides, subprocess_env
+    from test_dvc_pipeline import STAGES, copy_repository, run, stages_run
+
+    archive, sha256 = tiny_archive
+    home = tmp_path / "data-home"
+    home.mkdir()
+    repack(archive, home / archive.name)
+    repo = copy_repository(tmp_path / "repo")
+    pinned = [o for o in shrink_overrides(archive, sha256) if "." in o.split("=")[0] and not o.startswith("data.url=")]
+    tiny = OmegaConf.from_dotlist([*pinned, f"data.url={UNREACHABLE}", f"data.content_sha256={content_sha256(archive)}"])
+    OmegaConf.save(tiny, repo / "conf" / "tiny.yaml")
+    config = repo / "conf" / "config.yaml"
+    tuned = "  - optional tuned: ${model}_${optimizer}\n"
+    assert tuned in config.read_text()
+    config.write_text(config.read_text().replace(tuned, tuned + "  - tiny\n"))
+    write_params(repo / "params.yaml", [], root=repo)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qam", "tiny"], cwd=repo, check=True)
+
+    env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", TEXTCLF_DATA_HOME=str(home))
+    first = run(["dvc", "repro"], repo, env)
+    assert stages_run(first) == list(STAGES)
+    assert "content sha256 matches data.content_sha256" in first
+    manifest = (repo / "data" / "processed" / "manifest.json").read_bytes()
+    second = run(["dvc", "exp", "run", "-S", "optimizer.lr=0.02"], repo, env)
+    assert stages_run(second) == ["train", "evaluate"]
+    assert (repo / "data" / "processed" / "manifest.json").read_bytes() == manifest
