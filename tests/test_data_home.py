@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import build_archive
 
 import textclf.data.download as download_module
 from textclf.data.archive import content_sha256
@@ -20,8 +21,6 @@ from textclf.data.download import sha256_of
 from textclf.errors import TextclfError
 from textclf.stages.download import download
 from textclf.stages.preprocess import preprocess
-
-from conftest import build_archive
 
 UNREACHABLE = "http://corpus.invalid/20news-bydate.tar.gz"
 
@@ -167,7 +166,7 @@ def test_the_content_hash_is_sha256sum_of_the_sorted_files(tiny_archive, tmp_pat
     archive, _ = tiny_archive
     unpacked = unpack(archive, tmp_path / "unpacked")
     pipeline = "find . -type f -printf '%P\\0' | LC_ALL=C sort -z | xargs -0 sha256sum -z | sha256sum"
-    result = subprocess.run(["bash", "-c", pipeline], cwd=unpacked, capture_output=True, text=True)
+    result = subprocess.run(["bash", "-c", pipeline], cwd=unpacked, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         pytest.skip(f"no GNU find/sort/sha256sum here: {result.stderr.strip()}")
     assert result.stdout.split()[0] == content_sha256(archive)
@@ -180,12 +179,11 @@ def test_dvc_repro_then_exp_run_work_offline_from_the_data_home_with_no_data_ove
     """conf/ itself pins the tiny corpus behind an unreachable URL (as the real conf/ pins the
     real one), the data home holds a re-pack: `dvc repro` runs every stage, and a `dvc exp run`
     that recomposes params.yaml from conf/ reruns only train and evaluate."""
+    from conftest import shrink_overrides, subprocess_env
     from omegaconf import OmegaConf
+    from test_dvc_pipeline import STAGES, copy_repository, run, stages_run
 
     from textclf.params import write_params
-
-    from conftest import shrink_overrides, subprocess_env
-    from test_dvc_pipeline import STAGES, copy_repository, run, stages_run
 
     archive, sha256 = tiny_archive
     home = tmp_path / "data-home"

@@ -26,7 +26,12 @@ from typing import BinaryIO
 
 from textclf.atomic import staged_file
 from textclf.config import DataConfig
-from textclf.data.archive import ArchiveTooLarge, content_hash, content_line, content_sha256
+from textclf.data.archive import (
+    ArchiveTooLarge,
+    content_hash,
+    content_line,
+    content_sha256,
+)
 from textclf.data.download import CHUNK_BYTES, DATA_HOME_ENV, _open_file, fetch
 from textclf.errors import TextclfError
 

@@ -37,14 +37,11 @@ def download(
         if progress:
             print(f"download: {target} from {local} ({how})")
         return target
-    fetch_first(
+    return fetch_first(
         [cfg.url, *cfg.mirrors], target, cfg.sha256, progress,
         retries=retries, backoff=backoff, timeout=timeout, max_bytes=cfg.max_download_bytes,
         hint=offline_hint(cfg, home),
     )
-    if progress:
-        print(f"download: {target} (sha256 {cfg.sha256})")
-    return target
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,7 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     def stage() -> None:
         cfg = load_params(args.params)
         sweep_abandoned(cfg)  # runs of trainings that died: KILLED (see textclf.resume)
-        download(cfg.data, cfg.paths.raw)  # says what it took
+        path = download(cfg.data, cfg.paths.raw)
+        if local_copy(cfg.data, data_home()) is None:  # a local copy says what it took itself
+            print(f"download: {path} (sha256 {cfg.data.sha256})")
 
     run_stage("download", stage)
 
