@@ -90,6 +90,12 @@ def shrink_overrides(archive: Path, sha256: str, model: str = "fasttext") -> lis
     ]
 
 
+@pytest.fixture(autouse=True)
+def no_data_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's $TEXTCLF_DATA_HOME (the real corpus) never stands in for a test's tiny archive."""
+    monkeypatch.delenv("TEXTCLF_DATA_HOME", raising=False)
+
+
 @pytest.fixture
 def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import textclf.stages.preprocess as preprocess_module
+from textclf.data.archive import content_sha256
 from textclf.data.encoded import (
     PAD_ID,
     UNK_ID,
@@ -75,7 +76,7 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 
 def test_counts_and_stratified_validation(tiny_config, tiny_archive, tmp_path: Path) -> None:
-    archive, sha = tiny_archive
+    archive, _ = tiny_archive
     out = tmp_path / "processed"
     manifest = preprocess(tiny_config().data, archive, out)
     counts = manifest["counts"]
@@ -83,7 +84,7 @@ def test_counts_and_stratified_validation(tiny_config, tiny_archive, tmp_path: P
     assert counts["test"] == 18
     assert counts == {"train": 36, "val": 12, "test": 18}
     assert manifest["num_classes"] == 3
-    assert manifest["archive_sha256"] == sha
+    assert manifest["content_sha256"] == content_sha256(archive)
     assert read_labels(out) == TINY_GROUPS
 
     splits = {name: EncodedSplit.load(out / f"{name}.pt") for name in ("train", "val", "test")}

@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from textclf.config import credential_problems, validate
 from textclf.errors import TextclfError
+from textclf.logs import quiet
 from textclf.params import CONFIG_NAME, conf_dir, describe_composition_error
 
 FORCE_ENV = "TEXTCLF_FORCE"  # "1": sweeps train jobs that already have a finished run
@@ -100,6 +101,7 @@ def main() -> None:
     # Hydra prints its own multi-line report (and a traceback) for any error unless this is
     # set; set, errors come back here: a bad input is one line, a bug keeps its traceback.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    quiet()  # third-party noise (textclf.logs)
     try:
         refuse_credentials(sys.argv[1:])
         app()

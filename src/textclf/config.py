@@ -40,6 +40,9 @@ class DataConfig(_Section):
     url: str = Field(min_length=1)
     mirrors: list[str]
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
+    # The corpus's content hash (textclf.data.archive.content_line): a local copy whose files
+    # hash to it is accepted though its bytes differ (null: only data.sha256 is accepted).
+    content_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None
     archive_name: str = Field(min_length=1)
     train_dir: str = Field(min_length=1)
     test_dir: str = Field(min_length=1)

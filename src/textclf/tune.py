@@ -45,6 +45,7 @@ from textclf.config import (
     Config, PositiveFloat, PositiveInt, _format_pydantic, credential_problems, validate,
 )
 from textclf.errors import TextclfError
+from textclf.logs import quiet
 from textclf.models.classifier import NonFiniteLoss
 from textclf.params import compose, describe_composition_error
 from textclf.pipeline import run_pipeline
@@ -462,6 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     if any(arg in ("-h", "--help") for arg in args):
         print(__doc__)
         return
+    quiet()  # third-party noise (textclf.logs)
     try:
         study = tune(args)
     except TextclfError as error:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import lzma
 import posixpath
 import tarfile
@@ -119,23 +120,38 @@ def _decompressed(archive: Path) -> Iterator[BinaryIO]:
             yield stream
 
 
-def read_messages(
-    archive: str | Path,
-    splits: tuple[str, ...],
-    max_document_bytes: int | None = None,
-    max_archive_bytes: int | None = None,
-) -> list[Message]:
-    """Returns every ``<split>/<group>/<name>`` file of the archive, sorted, as raw bytes.
+# The content hash of a corpus: what it holds, however it is packed. Over every regular file,
+# sorted by its path (relative, '/'-separated, normalized; compared as UTF-8 bytes), the line
+# ``<hex sha256 of its bytes>  <path>\0`` (sha256sum --zero's format); the hash is the SHA-256 of
+# these lines joined. Directories, mtimes, owners, modes, member order and the compression are
+# left out, so a re-pack or an unpacked copy of the same files hashes the same. By hand, in an
+# unpacked copy: find . -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 sha256sum -z | sha256sum
+def content_line(path: str, digest: str) -> bytes:
+    return f"{digest}  {path}\0".encode("utf-8", "surrogateescape")
 
-    Raises TextclfError for a corrupt or truncated archive, an unsafe member, a split or
-    category directory that holds no message, a message over ``max_document_bytes`` or more
-    than ``max_archive_bytes`` decompressed (None: no limit).
-    """
-    archive = Path(archive)
+
+def content_hash(lines: list[bytes]) -> str:
+    """The content hash of a corpus from its files' ``content_line``s, in any order."""
+    digest = hashlib.sha256()
+    for line in sorted(lines, key=_sort_key):
+        digest.update(line)
+    return digest.hexdigest()
+
+
+def _sort_key(line: bytes) -> tuple[bytes, bytes]:
+    """Path first, then the file's hash (a tar may hold one path twice)."""
+    file_hash, _, path = line.partition(b"  ")
+    return path, file_hash
+
+
+@contextmanager
+def _checked_members(archive: Path, max_archive_bytes: int | None) -> Iterator[Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]]:
+    """The archive's members, each checked (``_check_member``), with the tar to read them
+    from: one sequential pass over the decompressed stream, at most ``max_archive_bytes``
+    decompressed bytes. A corrupt or truncated archive raises one TextclfError, and a stream
+    read to its end has its CRC and length checked by the decompressor."""
     if not archive.is_file():
         raise TextclfError(f"{archive}: archive not found (run the download stage first)")
-    messages = []
-    categories = set()  # (split, group) of every category directory, empty or not
     try:
         # "r|": one sequential pass over the decompressed stream.
         with _decompressed(archive) as decompressed, tarfile.open(
@@ -143,26 +159,78 @@ def read_messages(
             mode="r|",
             tarinfo=_StrictTarInfo,
         ) as tar:
-            for member in tar:
-                _check_member(archive, member)
-                parts = posixpath.normpath(member.name).split("/")
-                if member.isdir() and len(parts) == 2 and parts[0] in splits:
-                    categories.add((parts[0], parts[1]))
-                if not member.isfile() or len(parts) != 3 or parts[0] not in splits:
-                    continue
-                if max_document_bytes is not None and member.size > max_document_bytes:
-                    raise ArchiveTooLarge(
-                        f"{archive}: member '{member.name}' is {member.size} bytes, over "
-                        f"data.max_document_bytes={max_document_bytes}; " + _limit_hint("max_document_bytes")
-                    )
-                handle = tar.extractfile(member)
-                assert handle is not None  # regular files always have a payload
-                messages.append(Message(parts[0], parts[1], parts[2], handle.read()))
-            # Reading to the end makes the decompressor check the stream's CRC and length.
+            def checked() -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
+                for member in tar:
+                    _check_member(archive, member)
+                    yield member, tar
+
+            yield checked()
             for _ in iter(lambda: stream.read(1 << 20), b""):
                 pass
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as error:
         raise TextclfError(f"{archive}: corrupt or truncated archive ({error})") from error
+
+
+def _member_sha256(tar: tarfile.TarFile, member: tarfile.TarInfo) -> str:
+    handle = tar.extractfile(member)
+    assert handle is not None  # regular files always have a payload
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_sha256(archive: str | Path, max_archive_bytes: int | None = None) -> str:
+    """The content hash (see ``content_line``) of every regular file in ``archive``, read with
+    the same checks as ``read_messages`` (unsafe members refused, ``max_archive_bytes``)."""
+    archive = Path(archive)
+    with _checked_members(archive, max_archive_bytes) as members:
+        lines = [
+            content_line(posixpath.normpath(member.name), _member_sha256(tar, member))
+            for member, tar in members
+            if member.isfile()
+        ]
+    return content_hash(lines)
+
+
+def read_corpus(
+    archive: str | Path,
+    splits: tuple[str, ...],
+    max_document_bytes: int | None = None,
+    max_archive_bytes: int | None = None,
+) -> tuple[list[Message], str]:
+    """Returns every ``<split>/<group>/<name>`` file of the archive, sorted, as raw bytes, and
+    the archive's content hash (``content_sha256``), from one pass.
+
+    Raises TextclfError for a corrupt or truncated archive, an unsafe member, a split or
+    category directory that holds no message, a message over ``max_document_bytes`` or more
+    than ``max_archive_bytes`` decompressed (None: no limit).
+    """
+    archive = Path(archive)
+    messages = []
+    lines = []  # content_line of every regular file
+    categories = set()  # (split, group) of every category directory, empty or not
+    with _checked_members(archive, max_archive_bytes) as members:
+        for member, tar in members:
+            path = posixpath.normpath(member.name)
+            parts = path.split("/")
+            if member.isdir() and len(parts) == 2 and parts[0] in splits:
+                categories.add((parts[0], parts[1]))
+            if not member.isfile():
+                continue
+            if len(parts) != 3 or parts[0] not in splits:
+                lines.append(content_line(path, _member_sha256(tar, member)))
+                continue
+            if max_document_bytes is not None and member.size > max_document_bytes:
+                raise ArchiveTooLarge(
+                    f"{archive}: member '{member.name}' is {member.size} bytes, over "
+                    f"data.max_document_bytes={max_document_bytes}; " + _limit_hint("max_document_bytes")
+                )
+            handle = tar.extractfile(member)
+            assert handle is not None  # regular files always have a payload
+            raw = handle.read()
+            lines.append(content_line(path, hashlib.sha256(raw).hexdigest()))
+            messages.append(Message(parts[0], parts[1], parts[2], raw))
     for split in splits:
         if not any(message.split == split for message in messages):
             raise TextclfError(f"{archive}: no messages under '{split}/<group>/' in the archive")
@@ -171,4 +239,14 @@ def read_messages(
         names = ", ".join(f"'{split}/{group}/'" for split, group in empty)
         raise TextclfError(f"{archive}: no messages in category directory {names} (remove it or add messages)")
     messages.sort(key=lambda m: (m.split, m.group, m.name))
-    return messages
+    return messages, content_hash(lines)
+
+
+def read_messages(
+    archive: str | Path,
+    splits: tuple[str, ...],
+    max_document_bytes: int | None = None,
+    max_archive_bytes: int | None = None,
+) -> list[Message]:
+    """``read_corpus``'s messages."""
+    return read_corpus(archive, splits, max_document_bytes, max_archive_bytes)[0]

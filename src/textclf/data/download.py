@@ -25,6 +25,7 @@ import http.client
 import netrc
 import os
 import shutil
+import socket
 import ssl
 import time
 import urllib.error
@@ -48,6 +49,7 @@ MAX_BACKOFF_SECONDS = 30.0  # ... capped here
 RETRY_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 AUTH_ENV = "TEXTCLF_DOWNLOAD_AUTH"  # user:password, HTTP basic auth for data.url's host
 TOKEN_ENV = "TEXTCLF_DOWNLOAD_TOKEN"  # a bearer token for data.url's host
+DATA_HOME_ENV = "TEXTCLF_DATA_HOME"  # a directory with a local copy of the corpus (textclf.data.home)
 _sleep = time.sleep  # tests replace it to record the backoff without waiting
 
 
@@ -212,7 +214,9 @@ def _is_transient(error: BaseException) -> bool:
     if isinstance(error, urllib.error.HTTPError):
         return error.code in RETRY_HTTP_STATUS
     if isinstance(error, urllib.error.URLError):  # no HTTP answer: refused, reset, DNS, timeout
-        permanent = FileNotFoundError | PermissionError | IsADirectoryError | ssl.SSLCertVerificationError
+        # A name that does not resolve ("Name or service not known", or "Temporary failure in
+        # name resolution" with no network at all) stays so for the seconds a retry waits.
+        permanent = FileNotFoundError | PermissionError | IsADirectoryError | ssl.SSLCertVerificationError | socket.gaierror
         return not isinstance(error.reason, permanent)
     return isinstance(
         error, IncompleteDownload | TimeoutError | ConnectionError | http.client.HTTPException
@@ -268,13 +272,14 @@ def download(
     backoff: float = BACKOFF_SECONDS,
     timeout: float = TIMEOUT_SECONDS,
     max_bytes: int | None = None,
+    hint: str = "",
 ) -> Path:
     """Fetches the first of ``urls`` that works and matches ``sha256`` into ``target``.
 
     Transient faults are retried ``retries`` times per URL, waiting ``backoff`` seconds, then
     twice that, and so on; ``timeout`` bounds each connect and read; ``max_bytes`` what one
     URL may send. Credentials from the environment go to the first URL's host only. Raises one
-    TextclfError naming every URL tried and why each failed.
+    TextclfError naming every URL tried and why each failed, ending with ``hint``.
     """
     target = Path(target)
     urls = list(urls)
@@ -287,7 +292,7 @@ def download(
         failures.append(failure)
     if not failures:
         raise TextclfError("no download URL configured (set data.url)")
-    raise TextclfError("could not download the archive: " + "; ".join(failures))
+    raise TextclfError("could not download the archive: " + "; ".join([*failures, *([hint] if hint else [])]))
 
 
 def copy_if_cached(cached: Path, target: Path) -> bool:

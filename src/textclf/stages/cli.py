@@ -6,10 +6,12 @@ import sys
 from typing import Callable
 
 from textclf.errors import TextclfError
+from textclf.logs import quiet
 
 
 def run_stage(name: str, stage: Callable[[], object]) -> None:
     """Runs ``stage``; a TextclfError becomes ``error: [name] <message>`` and exit status 1."""
+    quiet()  # third-party noise (textclf.logs)
     try:
         stage()
     except TextclfError as error:

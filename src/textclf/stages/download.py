@@ -1,4 +1,5 @@
-"""Stage 1: fetch the corpus archive from data.url (then data.mirrors), verify data.sha256.
+"""Stage 1: fetch the corpus archive from data.url (then data.mirrors), verify data.sha256;
+or take a local copy of it from $TEXTCLF_DATA_HOME (see textclf.data.home).
 
 At most data.max_download_bytes per URL; credentials from ~/.netrc or the environment (see
 textclf.data.download)."""
@@ -11,6 +12,7 @@ from pathlib import Path
 from textclf.config import DataConfig, load_params
 from textclf.data.download import BACKOFF_SECONDS, RETRIES, TIMEOUT_SECONDS
 from textclf.data.download import download as fetch_first
+from textclf.data.home import data_home, local_copy, offline_hint, take_local_copy
 from textclf.resume import sweep_abandoned
 from textclf.stages.cli import run_stage
 
@@ -25,11 +27,20 @@ def download(
 ) -> Path:
     """Writes ``raw_dir/<data.archive_name>``; returns its path. Nothing is left on failure.
 
-    Each URL is retried ``retries`` times on transient faults (backoff ``backoff``, ``2 *
+    A copy of the pinned corpus in $TEXTCLF_DATA_HOME is taken first (textclf.data.home); else
+    each URL is retried ``retries`` times on transient faults (backoff ``backoff``, ``2 *
     backoff``, ...; ``timeout`` seconds per connect or read), then the mirrors are tried."""
+    target, home = raw_dir / cfg.archive_name, data_home()
+    local = local_copy(cfg, home)
+    if local is not None:
+        how = take_local_copy(cfg, local, target)
+        if progress:
+            print(f"download: {target} from {local} ({how})")
+        return target
     return fetch_first(
-        [cfg.url, *cfg.mirrors], raw_dir / cfg.archive_name, cfg.sha256, progress,
+        [cfg.url, *cfg.mirrors], target, cfg.sha256, progress,
         retries=retries, backoff=backoff, timeout=timeout, max_bytes=cfg.max_download_bytes,
+        hint=offline_hint(cfg, home),
     )
 
 
@@ -42,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_params(args.params)
         sweep_abandoned(cfg)  # runs of trainings that died: KILLED (see textclf.resume)
         path = download(cfg.data, cfg.paths.raw)
-        print(f"download: {path} (sha256 {cfg.data.sha256})")
+        if local_copy(cfg.data, data_home()) is None:  # a local copy says what it took itself
+            print(f"download: {path} (sha256 {cfg.data.sha256})")
 
     run_stage("download", stage)
 
