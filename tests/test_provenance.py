@@ -11,10 +11,10 @@ import yaml
 
 from mlflow import MlflowClient
 
+from textclf.redact import MASK
 from textclf.stages.download import download
 from textclf.stages.preprocess import preprocess
 from textclf.stages.train import train
-from textclf.tracking import MASK
 
 
 def test_a_training_run_is_tagged_with_its_provenance_and_logs_no_secret(
