@@ -23,7 +23,13 @@ import pandas as pd
 
 from textclf.errors import TextclfError, first_line, run_cli
 from textclf.serving import LABEL_COLUMN, MODEL_NAME, TEXT_COLUMN
-from textclf.tracking import TrackingStore, default_tracking_uri, mlflow_tracking_uri, require_store, store_errors
+from textclf.tracking import (
+    TrackingStore,
+    default_tracking_uri,
+    mlflow_tracking_uri,
+    require_store,
+    store_errors,
+)
 
 REGISTERED_NAME, CHAMPION = "textclf", "champion"
 PROBABILITY_COLUMN = "probability"  # of the predicted label

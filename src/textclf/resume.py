@@ -25,8 +25,8 @@ from typing import Any
 
 from textclf.atomic import write_json
 from textclf.config import Config
-from textclf.locks import path_lock
 from textclf.errors import first_line
+from textclf.locks import path_lock
 from textclf.redact import mask_userinfo
 from textclf.tracking import TrackingStore, check_tracking_uri, tracking_uri
 

@@ -12,24 +12,23 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 from textclf.atomic import DISK_FULL, write_json
 from textclf.config import TrackingConfig
 from textclf.errors import TextclfError
+from textclf.hashing import file_sha256  # noqa: F401 - re-exported, see below
 from textclf.outputs import RUN_FILE
-from textclf.provenance import project_root
-from textclf.redact import mask_userinfo
+from textclf.provenance import project_root, run_tags  # noqa: F401 - run_tags re-exported
+from textclf.redact import mask_userinfo, redact_config, redact_secrets  # noqa: F401 - re-exported
 
-# Kept importable from here for one step, for the stages that import them from here (train,
-# evaluate); new code imports them from their own modules.
-from textclf.hashing import file_sha256  # noqa: F401
-from textclf.provenance import run_tags  # noqa: F401
-from textclf.redact import redact_config, redact_secrets  # noqa: F401
+# file_sha256, run_tags, redact_config and redact_secrets stay importable from here for one
+# step, for the stages that import them from here (train, evaluate); new code imports them from
+# textclf.hashing, textclf.provenance and textclf.redact.
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
