@@ -25,6 +25,7 @@ from textclf.errors import TextclfError
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
+SPLITS = ("train", "val", "test")  # <processed>/<split>.pt, as preprocess writes them
 VOCAB_FILE, LABELS_FILE, MANIFEST_FILE = "vocab.txt", "labels.json", "manifest.json"
 
 
