@@ -31,7 +31,7 @@ from textclf.redact import mask_userinfo
 from textclf.tracking import TrackingStore, check_tracking_uri, tracking_uri
 
 RESUME_DIR, LAST_CHECKPOINT = "resume", "last.ckpt"  # <paths.cache>/resume/<key>/last.ckpt
-RUN_FILE = "run.json"  # {"run_id", "experiment_id", "tracking_uri" (userinfo masked)}
+RESUME_RUN_FILE = "run.json"  # {"run_id", "experiment_id", "tracking_uri" (userinfo masked)}
 ABANDONED = "abandoned"  # marker: the run of this dead resume point is marked KILLED
 
 
@@ -53,13 +53,13 @@ def resume_lock(resume: Path) -> Iterator[None]:
 
 def record_run(resume: Path, run_id: str, experiment_id: str, uri: str) -> None:
     """Names the MLflow run a resume point belongs to (written under its lock)."""
-    write_json(resume / RUN_FILE, {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": mask_userinfo(uri)})
+    write_json(resume / RESUME_RUN_FILE, {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": mask_userinfo(uri)})
     (resume / ABANDONED).unlink(missing_ok=True)  # its training runs again
 
 
 def recorded_run(resume: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((resume / RUN_FILE).read_text(encoding="utf-8"))
+        return json.loads((resume / RESUME_RUN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):  # none yet, or cut short by a kill before textclf.atomic
         return None
 
@@ -106,7 +106,7 @@ def _settle(entry: Path, uri: str, keep_s: float | None) -> None:
     reference = recorded_run(entry)
     last = entry / LAST_CHECKPOINT
     # Age: since the training last wrote (marking it abandoned touches the directory itself).
-    files = [path for path in (last, entry / RUN_FILE) if path.exists()] or [entry]
+    files = [path for path in (last, entry / RESUME_RUN_FILE) if path.exists()] or [entry]
     age = time.time() - max(path.stat().st_mtime for path in files)
     resumable = last.is_file()
     expired = keep_s is not None and age > keep_s
