@@ -31,8 +31,8 @@ from omegaconf import OmegaConf
 
 from textclf.config import load_params
 from textclf.data.encoded import EncodedSplit, read_manifest
-from textclf.errors import TextclfError
-from textclf.params import compose, describe_composition_error
+from textclf.errors import TextclfError, describe_composition_error
+from textclf.params import compose
 from textclf.stages.download import download
 from textclf.stages.preprocess import preprocess
 from textclf.stages.train import train

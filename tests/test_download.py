@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import textclf.data.download as download_module
-from textclf.data.download import download, sha256_of
+from textclf.data.download import download
 from textclf.errors import TextclfError
+from textclf.hashing import file_sha256
 from textclf.stages.download import download as download_stage
 
 WRONG_SHA = "0" * 64
@@ -74,7 +75,7 @@ def test_plain_local_path(tiny_config, tiny_archive, tmp_path: Path) -> None:
     path = download_stage(cfg.data, raw, progress=False)
     assert path == raw / cfg.data.archive_name
     assert path.read_bytes() == archive.read_bytes()
-    assert sha256_of(path) == sha
+    assert file_sha256(path) == sha
     assert_only(raw, {cfg.data.archive_name})
 
 
@@ -91,7 +92,7 @@ def test_http_url(tiny_config, tiny_archive, http_server: str, tmp_path: Path) -
     archive, sha = tiny_archive
     data = tiny_config().data.model_copy(update={"url": f"{http_server}/{archive.name}"})
     path = download_stage(data, tmp_path / "raw", progress=False)
-    assert sha256_of(path) == sha
+    assert file_sha256(path) == sha
     assert path.read_bytes() == archive.read_bytes()
     assert_only(tmp_path / "raw", {data.archive_name})
 
@@ -99,7 +100,7 @@ def test_http_url(tiny_config, tiny_archive, http_server: str, tmp_path: Path) -
 def test_uppercase_checksum_is_accepted(tiny_archive, tmp_path: Path) -> None:
     archive, sha = tiny_archive
     target = download([str(archive)], tmp_path / "out" / "a.tar.gz", sha.upper(), progress=False)
-    assert sha256_of(target) == sha
+    assert file_sha256(target) == sha
 
 
 def test_an_existing_target_is_replaced(tiny_archive, tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ def test_closed_port_falls_back_to_the_mirror(
         update={"url": f"http://127.0.0.1:{closed_port}/x", "mirrors": [str(archive)]}
     )
     path = download_stage(data, tmp_path / "raw", progress=False, retries=2, backoff=0.5)
-    assert sha256_of(path) == sha
+    assert file_sha256(path) == sha
     assert no_sleep == [0.5, 1.0]  # a refused connection is transient: retried with backoff
     assert_only(tmp_path / "raw", {data.archive_name})
 
@@ -137,7 +138,7 @@ def test_missing_file_falls_back_to_the_http_mirror_without_retrying(
         update={"url": first, "mirrors": [f"{http_server}/{archive.name}"]}
     )
     path = download_stage(data, tmp_path / "raw", progress=False)
-    assert sha256_of(path) == sha
+    assert file_sha256(path) == sha
     assert no_sleep == []  # a missing file will not appear on retry
     assert_only(tmp_path / "raw", {data.archive_name})
 

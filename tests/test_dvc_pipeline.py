@@ -106,3 +106,29 @@ def test_dvc_exp_run_composes_params_from_conf(repo: Path, tiny_archive, tmp_pat
     (record,) = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     assert record.data.tags["model"] == "LSTMClassifier"
     assert "test/accuracy" in record.data.metrics
+
+
+def test_a_dvc_experiment_of_a_clean_checkout_is_clean_and_named_and_a_source_edit_is_dirty(
+    repo: Path, tiny_archive, tmp_path: Path
+) -> None:
+    """DVC rewrites params.yaml (and, stage by stage, dvc.lock) before train runs: neither makes
+    the run dirty (its params record them); an edit of a tracked source file does."""
+    archive, sha256 = tiny_archive
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = subprocess_env(MLFLOW_TRACKING_URI=uri)
+    overrides = [argument for override in shrink_overrides(archive, sha256) for argument in ("-S", override)]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+
+    run(["dvc", "exp", "run", "--name", "clean-tiny", *overrides], repo, env)
+    source = repo / "src" / "textclf" / "models" / "fasttext.py"
+    source.write_text(source.read_text() + "\n# an edit that is in no commit\n")
+    assert stages_run(run(["dvc", "exp", "run", "--name", "edited-tiny", *overrides], repo, env)) == ["train", "evaluate"]
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
+    tags = {record.data.tags.get("dvc.exp_name"): record.data.tags for record in runs}
+    assert set(tags) == {"clean-tiny", "edited-tiny"}
+    assert tags["clean-tiny"]["git_dirty"] == "false"
+    assert tags["edited-tiny"]["git_dirty"] == "true"
+    assert tags["clean-tiny"]["dvc.baseline_rev"] == tags["edited-tiny"]["dvc.baseline_rev"] == head
+    assert tags["clean-tiny"]["mlflow.source.git.commit"] == head

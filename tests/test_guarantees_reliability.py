@@ -16,11 +16,11 @@ import pytest
 import textclf.atomic as atomic
 from textclf.atomic import staged_dir
 from textclf.errors import TextclfError
+from textclf.provenance import git_dirty
 from textclf.stages.download import download
 from textclf.stages.evaluate import evaluate
 from textclf.stages.preprocess import preprocess
 from textclf.stages.train import train
-from textclf.tracking import git_dirty
 
 from conftest import REPO_ROOT, subprocess_env
 

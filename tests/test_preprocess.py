@@ -27,7 +27,7 @@ from textclf.data.encoded import (
     stratified_holdout,
 )
 from textclf.errors import TextclfError
-from textclf.stages.preprocess import number_tokens, preprocess, second_process
+from textclf.stages.preprocess import token_ids_in_own_numbering, preprocess, second_process
 
 TRAIN, TEST = "20news-bydate-train", "20news-bydate-test"
 EXPECTED_FILES = {"train.pt", "val.pt", "test.pt", "vocab.txt", "labels.json", "manifest.json"}
@@ -155,7 +155,7 @@ def test_a_killed_tokenizing_process_is_one_line_and_leaves_no_output(
 ) -> None:
     if second_process() is None:
         pytest.skip("no forked second process on this machine")
-    monkeypatch.setattr(preprocess_module, "number_tokens", die_at_once)
+    monkeypatch.setattr(preprocess_module, "token_ids_in_own_numbering", die_at_once)
     archive, _ = tiny_archive
     out = tmp_path / "processed"
     with pytest.raises(TextclfError, match="process tokenizing the test split died.*rerun preprocess"):
@@ -171,7 +171,7 @@ def test_renumbered_ids_are_those_numbering_in_one_pass_gives() -> None:
     expected = [together(doc.decode().lower().split()) for doc in first + second]
     numbering = TokenIds()
     ids = [numbering(doc.decode().lower().split()) for doc in first]
-    words, flat, lengths = number_tokens(second, *settings)
+    words, flat, lengths = token_ids_in_own_numbering(second, *settings)
     assert words == ["ham", "toast", "spam", "jam", "eggs", "beans"]
     assert lengths.tolist() == [3, 2, 3]
     renumbered = numbering.renumber(words, flat).tolist()

@@ -11,10 +11,10 @@ import yaml
 
 from mlflow import MlflowClient
 
+from textclf.redact import MASK
 from textclf.stages.download import download
 from textclf.stages.preprocess import preprocess
 from textclf.stages.train import train
-from textclf.tracking import MASK
 
 
 def test_a_training_run_is_tagged_with_its_provenance_and_logs_no_secret(
@@ -32,6 +32,8 @@ def test_a_training_run_is_tagged_with_its_provenance_and_logs_no_secret(
     run = MlflowClient(mlflow_uri).get_run(summary["run_id"])
     tags = run.data.tags
     assert tags["git_dirty"] in ("true", "false", "unknown")
+    assert tags["data_name"] == cfg.data.name == "20news-bydate"
+    assert "dvc.exp_name" not in tags  # not run by `dvc exp run` (test_dvc_pipeline.py covers that)
     for tag, distribution in {
         "version.torch": "torch",
         "version.lightning": "lightning",

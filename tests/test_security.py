@@ -19,9 +19,9 @@ from hydra.utils import get_object
 from textclf.errors import TextclfError
 from textclf.models.classifier import TextClassifier
 from textclf.predict import load_model
+from textclf.redact import MASK, mask_userinfo, redact_secrets
 from textclf.stages.evaluate import load_checkpoint
 from textclf.stages.preprocess import preprocess
-from textclf.tracking import MASK, mask_userinfo, redact_secrets
 
 from conftest import build_archive
 from tiny_run import TinyRun, tiny_run

@@ -22,14 +22,11 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from textclf.config import credential_problems, validate
-from textclf.errors import TextclfError
-from textclf.logs import quiet
-from textclf.params import CONFIG_NAME, conf_dir, describe_composition_error
+from textclf.errors import TextclfError, run_cli
+from textclf.params import CONFIG_NAME, conf_dir
 
 FORCE_ENV = "TEXTCLF_FORCE"  # "1": sweeps train jobs that already have a finished run
 
@@ -55,7 +52,7 @@ def run(cfg: DictConfig) -> float:
     """One Hydra job; returns the best validation macro-F1 (what a sweeper maximizes)."""
     from textclf.distributed import ddp_children_rerun_this_job
     from textclf.pipeline import run_pipeline
-    from textclf.tracking import redact_secrets
+    from textclf.redact import redact_secrets
 
     hydra_cfg = HydraConfig.get()
     config = validate(cfg, source="config")
@@ -101,16 +98,12 @@ def main() -> None:
     # Hydra prints its own multi-line report (and a traceback) for any error unless this is
     # set; set, errors come back here: a bad input is one line, a bug keeps its traceback.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    quiet()  # third-party noise (textclf.logs)
-    try:
+
+    def command() -> None:
         refuse_credentials(sys.argv[1:])
         app()
-    except TextclfError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except (HydraException, OmegaConfBaseException) as error:  # an unknown group option, a bad override
-        print(f"error: {describe_composition_error(error)}", file=sys.stderr)
-        sys.exit(1)
+
+    run_cli(None, command, hydra=True)
 
 
 if __name__ == "__main__":

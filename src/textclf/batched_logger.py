@@ -17,16 +17,17 @@ from typing import Any
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from textclf.tracking import retry_if_locked
+from textclf.tracking import TrackingStore
 
 MLFLOW_MAX_METRICS_PER_BATCH = 1000  # the tracking server's limit for one log_batch request
 
 
 class BatchedMLFlowLogger(MLFlowLogger):
-    def __init__(self, *args: Any, flush_every: int, flush_interval_s: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, tracking_uri: str, flush_every: int, flush_interval_s: float, **kwargs: Any) -> None:
         # Synchronous writes: batching already keeps them rare, and nothing is left queued
         # when the run ends (the asynchronous queue takes about a second to drain).
-        super().__init__(*args, synchronous=True, **kwargs)
+        super().__init__(*args, tracking_uri=tracking_uri, synchronous=True, **kwargs)
+        self.store = TrackingStore(tracking_uri)
         self.flush_every = flush_every
         self.flush_interval_s = flush_interval_s
         self._pending: list[Any] = []  # mlflow.entities.Metric, oldest first
@@ -51,7 +52,7 @@ class BatchedMLFlowLogger(MLFlowLogger):
         while self._pending:
             chunk = self._pending[:MLFLOW_MAX_METRICS_PER_BATCH]
             # The same values again after a "database is locked" retry: log_batch is one transaction.
-            retry_if_locked(self.experiment.log_batch, run_id=self.run_id, metrics=chunk)
+            self.store.log_batch(run_id=self.run_id, metrics=chunk)
             del self._pending[: len(chunk)]
         self._last_flush = time.monotonic()
 

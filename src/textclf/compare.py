@@ -15,9 +15,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from textclf.errors import TextclfError
-from textclf.stages.cli import run_stage
-from textclf.tracking import default_tracking_uri, require_store, store_errors
+from textclf.errors import TextclfError, run_cli
+from textclf.tracking import TrackingStore, default_tracking_uri, require_store
 
 EXPERIMENT, SORT, TOP = "textclf", "test/accuracy", 10
 # Shown for every run; "optimizer" is the class name from optimizer._target_.
@@ -45,21 +44,18 @@ def best_runs(
 
     ``model`` keeps runs whose model family (the ``model`` tag: FastText, LSTMClassifier, ...)
     contains it, ignoring case: ``fasttext``, ``lstm``, ``transformer``."""
-    from mlflow import MlflowClient
-
     if top < 1:
         raise TextclfError(f"--top must be at least 1 (got {top})")
-    client = MlflowClient(require_store(tracking_uri))
+    store = TrackingStore(require_store(tracking_uri))
     filter_string = "" if model is None else "tags.model ILIKE '%" + _quoted(model, "--model", "'") + "%'"
     order = "metrics.`" + _quoted(sort, "--sort", "`") + ("` ASC" if ascending else "` DESC")
-    with store_errors(tracking_uri):
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise TextclfError(f"no experiment '{experiment}' in {tracking_uri} (train a model first)")
-        runs = client.search_runs(
-            [found.experiment_id], filter_string=filter_string, order_by=[order, "attributes.start_time DESC"],
-            max_results=top,
-        )
+    found = store.get_experiment_by_name(experiment)
+    if found is None:
+        raise TextclfError(f"no experiment '{experiment}' in {tracking_uri} (train a model first)")
+    runs = store.search_runs(
+        [found.experiment_id], filter_string=filter_string, order_by=[order, "attributes.start_time DESC"],
+        max_results=top,
+    )
     rows = []
     for run in runs:
         params, metrics = run.data.params, run.data.metrics
@@ -114,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         family = f" {args.model}" if args.model else ""
         render(rows, f"{len(rows)}{family} runs of '{args.experiment}', {order} {args.sort} first")
 
-    run_stage("compare", command)
+    run_cli("compare", command)
 
 
 if __name__ == "__main__":

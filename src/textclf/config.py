@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from textclf.errors import TextclfError
+from textclf.redact import mask_userinfo
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -36,7 +37,7 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    name: str
+    name: str = Field(min_length=1)  # the corpus, as the runs are tagged (data_name)
     url: str = Field(min_length=1)
     mirrors: list[str]
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
@@ -251,8 +252,6 @@ def credential_problems(values: Any, prefix: str = "") -> list[str]:
         return next((credential_problems(item, prefix) for item in values if credential_problems(item, prefix)), [])
     if not isinstance(values, str) or not credentials_in_url(values):
         return []
-    from textclf.tracking import mask_userinfo  # tracking imports this module
-
     hint = CREDENTIAL_HINTS.get(key, DEFAULT_CREDENTIAL_HINT)
     if key == "tracking.uri" and not values.lower().startswith(("http://", "https://")):
         hint = DEFAULT_CREDENTIAL_HINT  # a database store: its client reads ~/.pgpass, PGPASSWORD

@@ -48,30 +48,9 @@ def write_params(path: str | Path, overrides: list[str] | None = None, root: str
     compose_and_dump(str(path), str(conf_dir(root)), None, CONFIG_NAME, "", list(overrides or []))
 
 
-def describe_composition_error(error: Exception) -> str:
-    """Hydra's multi-line "Could not find 'model/nope' ... Available options ..." as one line."""
-    text = str(error).split("Config search path:")[0]
-    head, _, options = text.partition("Available options in")
-    line = " ".join(head.split())
-    if options:
-        group, _, names = options.partition(":")
-        line += f"; available options in {group.strip()}: {', '.join(names.split())}"
-    return line
-
-
 if __name__ == "__main__":
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from textclf.errors import TextclfError
+    from textclf.errors import run_cli
 
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    try:
-        write_params(sys.argv[1], sys.argv[2:])
-    except (HydraException, OmegaConfBaseException) as error:
-        print(f"error: [params] {describe_composition_error(error)}", file=sys.stderr)
-        sys.exit(1)
-    except TextclfError as error:
-        print(f"error: [params] {error}", file=sys.stderr)
-        sys.exit(1)
+    run_cli("params", lambda: write_params(sys.argv[1], sys.argv[2:]), hydra=True)

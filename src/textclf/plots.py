@@ -1,8 +1,9 @@
-"""Figures that evaluate logs to MLflow: learning curves and test F1 per class.
+"""Two of the figures evaluate logs to MLflow: learning curves and test F1 per class.
 
 Each function takes what the stages already wrote (training_curves.csv, per_class.json) and
-returns a matplotlib Figure, built without pyplot: no backend is chosen, no global figure
-state is kept (nothing to close), and ``fig.savefig`` renders it headless.
+returns a matplotlib Figure made directly (``Figure()``, not ``pyplot.figure()``): pyplot keeps
+no reference to it (nothing to close) and ``fig.savefig`` renders it with any backend.
+(evaluate draws confusion.png itself, with pyplot on the Agg backend.)
 """
 
 from __future__ import annotations

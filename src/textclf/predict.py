@@ -21,10 +21,15 @@ from typing import TextIO
 
 import pandas as pd
 
-from textclf.errors import TextclfError
+from textclf.errors import TextclfError, first_line, run_cli
 from textclf.serving import LABEL_COLUMN, MODEL_NAME, TEXT_COLUMN
-from textclf.stages.cli import run_stage
-from textclf.tracking import default_tracking_uri, mlflow_tracking_uri, require_store, store_errors
+from textclf.tracking import (
+    TrackingStore,
+    default_tracking_uri,
+    mlflow_tracking_uri,
+    require_store,
+    store_errors,
+)
 
 REGISTERED_NAME, CHAMPION = "textclf", "champion"
 PROBABILITY_COLUMN = "probability"  # of the predicted label
@@ -33,11 +38,6 @@ SHOWN_CHARS = 70  # of each text, in the plain output
 
 def run_model_uri(run_id: str) -> str:
     return f"runs:/{run_id}/{MODEL_NAME}"
-
-
-def _reason(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def load_model(model_uri: str, tracking_uri: str):  # noqa: ANN201 - mlflow.pyfunc.PyFuncModel
@@ -65,7 +65,7 @@ def load_model(model_uri: str, tracking_uri: str):  # noqa: ANN201 - mlflow.pyfu
             finally:
                 sys.path[:] = [entry for entry in sys.path if entry in path or not entry.startswith(copy)]
     except (MlflowException, OSError) as error:
-        raise TextclfError(f"cannot load model {model_uri} from {tracking_uri}: {_reason(error)}") from error
+        raise TextclfError(f"cannot load model {model_uri} from {tracking_uri}: {first_line(error)}") from error
 
 
 def predict(model_uri: str, texts: list[str], tracking_uri: str) -> pd.DataFrame:
@@ -84,16 +84,17 @@ def register(run_id: str, tracking_uri: str, name: str = REGISTERED_NAME, alias:
     """Registers the model run ``run_id`` logged as a new version of ``name`` and points
     ``alias`` at it; returns the version number."""
     import mlflow
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        with mlflow_tracking_uri(require_store(tracking_uri, write=True)), store_errors(tracking_uri):
-            version = mlflow.register_model(run_model_uri(run_id), name).version
+        with mlflow_tracking_uri(require_store(tracking_uri, write=True)):
+            with store_errors(tracking_uri):  # not retried: a version registered twice is two versions
+                version = mlflow.register_model(run_model_uri(run_id), name).version
+            store = TrackingStore(tracking_uri)
             if alias is not None:
-                MlflowClient(tracking_uri).set_registered_model_alias(name, alias, version)
+                store.set_registered_model_alias(name, alias, version)
     except MlflowException as error:
-        raise TextclfError(f"cannot register the model of run {run_id} as {name}: {_reason(error)}") from error
+        raise TextclfError(f"cannot register the model of run {run_id} as {name}: {first_line(error)}") from error
     return int(version)
 
 
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         frame = predict(args.model_uri or run_model_uri(args.run_id), texts, uri)
         print(format_json(frame, texts) if args.json else format_plain(frame, texts))
 
-    run_stage("predict", command)
+    run_cli("predict", command)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,13 @@ from typing import Any
 
 from textclf.atomic import write_json
 from textclf.config import Config
+from textclf.errors import first_line
 from textclf.locks import path_lock
-from textclf.tracking import check_tracking_uri, mask_userinfo, retry_if_locked, tracking_uri
+from textclf.redact import mask_userinfo
+from textclf.tracking import TrackingStore, check_tracking_uri, tracking_uri
 
 RESUME_DIR, LAST_CHECKPOINT = "resume", "last.ckpt"  # <paths.cache>/resume/<key>/last.ckpt
-RUN_FILE = "run.json"  # {"run_id", "experiment_id", "tracking_uri" (userinfo masked)}
+RESUME_RUN_FILE = "run.json"  # {"run_id", "experiment_id", "tracking_uri" (userinfo masked)}
 ABANDONED = "abandoned"  # marker: the run of this dead resume point is marked KILLED
 
 
@@ -51,13 +53,13 @@ def resume_lock(resume: Path) -> Iterator[None]:
 
 def record_run(resume: Path, run_id: str, experiment_id: str, uri: str) -> None:
     """Names the MLflow run a resume point belongs to (written under its lock)."""
-    write_json(resume / RUN_FILE, {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": mask_userinfo(uri)})
+    write_json(resume / RESUME_RUN_FILE, {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": mask_userinfo(uri)})
     (resume / ABANDONED).unlink(missing_ok=True)  # its training runs again
 
 
 def recorded_run(resume: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((resume / RUN_FILE).read_text(encoding="utf-8"))
+        return json.loads((resume / RESUME_RUN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):  # none yet, or cut short by a kill before textclf.atomic
         return None
 
@@ -65,14 +67,13 @@ def recorded_run(resume: Path) -> dict[str, Any] | None:
 def run_to_resume(resume: Path, uri: str, experiment_id: str) -> str | None:
     """The run id the resume point names, if that very run is in the store at ``uri``, in
     experiment ``experiment_id`` and not deleted; else None (e.g. mlflow.db was replaced)."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     reference = recorded_run(resume)
     if reference is None or reference.get("tracking_uri") != mask_userinfo(uri):
         return None
     try:
-        run = retry_if_locked(MlflowClient(tracking_uri=uri).get_run, reference["run_id"])
+        run = TrackingStore(uri).get_run(reference["run_id"])
     except MlflowException:
         return None
     if run.info.experiment_id != reference["experiment_id"] or run.info.experiment_id != experiment_id:
@@ -105,7 +106,7 @@ def _settle(entry: Path, uri: str, keep_s: float | None) -> None:
     reference = recorded_run(entry)
     last = entry / LAST_CHECKPOINT
     # Age: since the training last wrote (marking it abandoned touches the directory itself).
-    files = [path for path in (last, entry / RUN_FILE) if path.exists()] or [entry]
+    files = [path for path in (last, entry / RESUME_RUN_FILE) if path.exists()] or [entry]
     age = time.time() - max(path.stat().st_mtime for path in files)
     resumable = last.is_file()
     expired = keep_s is not None and age > keep_s
@@ -131,22 +132,21 @@ def _settle(entry: Path, uri: str, keep_s: float | None) -> None:
 def _mark_killed(uri: str, run_id: str) -> bool:
     """Sets run ``run_id`` KILLED if it is still RUNNING; True if it was. A store that cannot
     be reached is left for the stage itself to report."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
         check_tracking_uri(uri)
-        client = MlflowClient(tracking_uri=uri)
+        store = TrackingStore(uri)
         try:
-            run = retry_if_locked(client.get_run, run_id)
+            run = store.get_run(run_id)
         except MlflowException as error:
             if error.error_code == "RESOURCE_DOES_NOT_EXIST":  # another store at this path now
                 return False
             raise
         if run.info.status != "RUNNING":
             return False
-        retry_if_locked(client.set_terminated, run_id, "KILLED")
+        store.set_terminated(run_id, "KILLED")
         return True
     except Exception as error:  # the store fails: one line here, the stage reports it properly
-        print(f"textclf: could not mark MLflow run {run_id} KILLED ({str(error).splitlines()[0][:200]})", flush=True)
+        print(f"textclf: could not mark MLflow run {run_id} KILLED ({first_line(error)[:200]})", flush=True)
         return False

@@ -36,9 +36,10 @@ from textclf.atomic import link_or_copy
 from textclf.data.datamodule import BatchedSplit
 from textclf.data.encoded import LABELS_FILE, UNK_ID, VOCAB_FILE, EncodedSplit, read_labels
 from textclf.data.text import Tokenizer, clean
-from textclf.errors import TextclfError
+from textclf.errors import TextclfError, first_line
 from textclf.models.checkpoint import load_checkpoint
-from textclf.tracking import mask_userinfo, mlflow_tracking_uri, redact_config, retry_if_locked
+from textclf.redact import mask_userinfo, redact_config
+from textclf.tracking import TrackingStore, mlflow_tracking_uri
 
 MODEL_NAME = "model"  # artifact name: runs:/<run id>/model
 # Models-from-code: MLflow copies this file into the model and runs it on load (after putting
@@ -186,10 +187,11 @@ def log_model(uri: str, run_id: str, checkpoint: Path, processed: Path, config: 
         shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         try:
             with mlflow_tracking_uri(uri):  # model logging reads MLflow's process-wide tracking URI
-                run = mlflow.MlflowClient(uri).get_run(run_id)
+                store = TrackingStore(uri)
+                run = store.get_run(run_id)
                 # Created here, in the run's experiment: left to itself MLflow files a model logged
                 # outside an active run under the default experiment, where runs:/ cannot find it.
-                model = retry_if_locked(  # one write, so safe to repeat (parallel jobs, one store)
+                model = store.call(  # one write, so safe to repeat (parallel jobs, one store)
                     mlflow.initialize_logged_model,
                     name=MODEL_NAME,
                     source_run_id=run_id,
@@ -212,6 +214,7 @@ def log_model(uri: str, run_id: str, checkpoint: Path, processed: Path, config: 
                     pip_requirements=pip_requirements(),
                 )
         except MlflowException as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise TextclfError(f"cannot log the model to run {run_id} in {mask_userinfo(uri)}: {reason}") from error
+            raise TextclfError(
+                f"cannot log the model to run {run_id} in {mask_userinfo(uri)}: {first_line(error)}"
+            ) from error
     return f"runs:/{run_id}/{MODEL_NAME}"

@@ -1,41 +1,45 @@
-"""MLflow: where runs go, and how the train and evaluate stages share one run."""
+"""MLflow: where runs go, the one client the project reaches a store with, and how the train
+and evaluate stages share one run.
+
+Provenance (git, versions, device) is in textclf.provenance, secret masking in textclf.redact.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import os
-import platform
-import re
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 from textclf.atomic import DISK_FULL, write_json
-from textclf.config import TrackingConfig, flatten
+from textclf.config import TrackingConfig
 from textclf.errors import TextclfError
+from textclf.hashing import file_sha256  # noqa: F401 - re-exported, see below
+from textclf.outputs import RUN_FILE
+from textclf.provenance import project_root, run_tags  # noqa: F401 - run_tags re-exported
+from textclf.redact import mask_userinfo, redact_config, redact_secrets  # noqa: F401 - re-exported
 
-RUN_FILE = "mlflow_run.json"  # written by train into the models directory, read by evaluate
+# file_sha256, run_tags, redact_config and redact_secrets stay importable from here for one
+# step, for the stages that import them from here (train, evaluate); new code imports them from
+# textclf.hashing, textclf.provenance and textclf.redact.
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
 # The sha256 of the checkpoint a run trained: a tag of the run and a key of mlflow_run.json.
 CHECKPOINT_TAG = "textclf.checkpoint_sha256"
+# MLflow 3's UI opens an experiment on the page its kind names; without this tag it guesses,
+# and opens a training experiment on its (empty) GenAI traces page.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 DEFAULT_STORE = "mlflow.db"
 T = TypeVar("T")
-
-
-def project_root() -> Path:
-    """The repository the pipeline runs in.
-
-    ``dvc exp run --queue`` workers run stages in a temporary copy of the repository and set
-    $DVC_ROOT to the parent repository, so their runs land in the same store as all others.
-    """
-    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
@@ -144,181 +148,74 @@ def _use_wal(database: Path) -> None:
             connection.execute("PRAGMA journal_mode=WAL")
 
 
-def ensure_experiment(uri: str, name: str) -> str:
-    """Returns the id of experiment ``name``, creating it; opens (and so creates) a SQLite store
-    under ``store_lock`` first, so parallel jobs can share one store."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+class TrackingStore:
+    """The MLflow tracking store at ``uri``, reached through one MlflowClient.
 
-    with store_errors(uri), store_lock(uri):
-        client = retry_if_locked(MlflowClient, tracking_uri=uri)  # creates the tables of a new store
-        database = sqlite_path(uri)
-        if database is not None:
-            _use_wal(database)
-        experiment = retry_if_locked(client.get_experiment_by_name, name)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return client.create_experiment(name, artifact_location=default_artifact_location(uri))
-        except MlflowException:  # created meanwhile by a process that does not take the lock
-            experiment = client.get_experiment_by_name(name)
+    Every method of the client is a method of the store (``store.get_run(run_id)``,
+    ``store.log_batch(run_id, metrics=...)``, ``store.search_runs(...)``, ...), retried while
+    SQLite says "database is locked" (``retry_if_locked``), with a failure of the store itself
+    (corrupt, read-only, unreachable) raised as one TextclfError naming ``uri``
+    (``store_errors``). ``call`` does the same for MLflow functions that are no client method.
+    The client is made on first use; ``ensure_experiment`` makes it under the store lock."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = self.call(MlflowClient, tracking_uri=self.uri)  # may create a new store's tables
+        return self._client
+
+    def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with store_errors(self.uri):
+            return retry_if_locked(function, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):  # not a client method (and no recursion before __init__ ran)
+            raise AttributeError(name)
+        method = getattr(self.client, name)
+
+        @functools.wraps(method)
+        def retried(*args: Any, **kwargs: Any) -> Any:
+            return self.call(method, *args, **kwargs)
+
+        return retried
+
+    def ensure_experiment(self, name: str) -> str:
+        """Returns the id of experiment ``name``, creating it, marked as a model-training
+        experiment (EXPERIMENT_KIND_TAG; an existing one lacking the mark gets it). Opens (and
+        so creates) a SQLite store under ``store_lock`` first, so parallel jobs can share one."""
+        from mlflow.exceptions import MlflowException
+
+        with store_errors(self.uri), store_lock(self.uri):
+            self.client  # noqa: B018 - creates the tables of a new store, under the lock
+            database = sqlite_path(self.uri)
+            if database is not None:
+                _use_wal(database)
+            experiment = self.get_experiment_by_name(name)
             if experiment is None:
-                raise
+                try:
+                    return self.create_experiment(
+                        name,
+                        artifact_location=default_artifact_location(self.uri),
+                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING},
+                    )
+                except MlflowException:  # created meanwhile by a process that does not take the lock
+                    experiment = self.get_experiment_by_name(name)
+                    if experiment is None:
+                        raise
+            if EXPERIMENT_KIND_TAG not in experiment.tags:
+                self.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
             return experiment.experiment_id
 
 
-def git_commit(root: Path | None = None) -> str | None:
-    """The checked-out commit (the experiment's baseline for a queued DVC run), if any."""
-    baseline = os.environ.get("DVC_EXP_BASELINE_REV")
-    if baseline:
-        return baseline
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=root or Path.cwd(),
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return result.stdout.strip()
-
-
-def git_dirty(root: Path | None = None) -> str:
-    """"true" when a tracked file differs from the checked-out commit (`git status --porcelain
-    --untracked-files=no`), "false" for a clean tree, "unknown" outside a git checkout.
-
-    Untracked files do not count: the stages' own outputs (data/, models/, reports/, dvc.lock
-    before its first commit, caches) are not code, and would otherwise mark every run dirty."""
-    try:
-        result = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root or Path.cwd(),
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return "true" if result.stdout.strip() else "false"
-
-
-# MLflow tag -> distribution whose version it records.
-VERSION_TAGS = {
-    "version.torch": "torch",
-    "version.lightning": "lightning",
-    "version.torchmetrics": "torchmetrics",
-    "version.mlflow": "mlflow",
-    "version.hydra-core": "hydra-core",
-    "version.dvc": "dvc",
-    "version.numpy": "numpy",
-}
-
-
-def package_versions() -> dict[str, str]:
-    versions = {"version.python": platform.python_version()}
-    for tag, distribution in VERSION_TAGS.items():
-        try:
-            versions[tag] = metadata.version(distribution)
-        except metadata.PackageNotFoundError:
-            versions[tag] = "not installed"
-    return versions
-
-
-def device_name(accelerator: str) -> str:
-    """What trainer.accelerator runs on here: "cpu", "mps" or the CUDA device's name."""
-    import torch
-
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        name = torch.cuda.get_device_name(0)
-        return f"cuda: {name}" + (f" (x{count})" if count > 1 else "")
-    if accelerator in ("mps", "auto") and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def run_tags(resolved: dict[str, Any], manifest: dict[str, Any]) -> dict[str, str]:
-    """Provenance of a training run: code version (commit, dirty tree), data version, model
-    family, library versions, platform and device."""
-    return {
-        "mlflow.source.git.commit": git_commit(project_root()) or "unknown",
-        "git_dirty": git_dirty(),
-        "data_hash": manifest["data_hash"],
-        "model": resolved["model"]["_target_"].rsplit(".", 1)[-1],
-        **package_versions(),
-        "platform": platform.platform(),
-        "device": device_name(str(resolved["trainer"].get("accelerator", "cpu"))),
-    }
-
-
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
-# Environment variables whose values are secrets; a logged value equal to one is masked.
-_SECRET_ENV = re.compile(
-    r"^(AWS_.*|.*_TOKEN|.*_PASSWORD|.*SECRET.*|.*_API_KEY|.*_ACCESS_KEY.*|MLFLOW_TRACKING_PASSWORD)$",
-    re.IGNORECASE,
-)
-# Config keys (the last part of a dotted name) whose values are secrets whatever they hold.
-_SECRET_KEY = re.compile(
-    r"(^|[_-])(password|passwd|secret|token|api_?key|access_?key|secret_?key|credentials?)$",
-    re.IGNORECASE,
-)  # "auth_token", "password": yes; "token_pattern": no
-MASK = "***"
-_MIN_SECRET_IN_TEXT = 8  # shorter secret values are masked only where a value equals them
-
-
-def mask_userinfo(text: str) -> str:
-    """https://user:pass@host/x -> https://***@host/x (any scheme, anywhere in ``text``)."""
-    return _USERINFO.sub(rf"\g<scheme>{MASK}@", text)
-
-
-def _secret_values(environ: Mapping[str, str]) -> list[str]:
-    values = {value for name, value in environ.items() if value and _SECRET_ENV.match(name)}
-    return sorted(values, key=len, reverse=True)  # longest first, so no secret is half-masked
-
-
-def _redact_value(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, (list, tuple)):
-        return type(value)(_redact_value(item, secrets) for item in value)
-    if not isinstance(value, str):
-        return value
-    if value in secrets:
-        return MASK
-    for secret in secrets:
-        if len(secret) >= _MIN_SECRET_IN_TEXT and secret in value:
-            value = value.replace(secret, MASK)
-    return mask_userinfo(value)
-
-
-def redact_secrets(params: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """``params`` (flattened config) with secrets masked, for logging to MLflow.
-
-    Masks values of keys named like secrets (``*password*``, ``*token*``, ...), values equal
-    to (or containing) the value of a secret environment variable (AWS_*, *_TOKEN,
-    *_PASSWORD, *SECRET*, *_API_KEY, MLFLOW_TRACKING_PASSWORD), and URL userinfo."""
-    secrets = _secret_values(os.environ if environ is None else environ)
-    redacted: dict[str, Any] = {}
-    for key, value in params.items():
-        if value is not None and _SECRET_KEY.search(str(key).rsplit(".", 1)[-1]):
-            redacted[key] = MASK
-        else:
-            redacted[key] = _redact_value(value, secrets)
-    return redacted
-
-
-def redact_config(config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The nested config with the same secrets masked as ``redact_secrets`` masks in the flat
-    params: for config.yaml files that travel with a checkpoint or a shipped model."""
-    nested: dict[str, Any] = {}
-    for key, value in redact_secrets(flatten(config), environ).items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return nested
+def ensure_experiment(uri: str, name: str) -> str:
+    """``TrackingStore(uri).ensure_experiment(name)``."""
+    return TrackingStore(uri).ensure_experiment(name)
 
 
 REACH_TIMEOUT_SECONDS = 5.0
@@ -487,32 +384,6 @@ def check_run_store(uri: str, reference: Mapping[str, str]) -> None:
         f"the MLflow store {database} that train logged run {reference['run_id']} to no longer exists "
         "(restore it, or train again: `dvc repro -f train`)"
     )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def existing_run(uri: str, models_dir: Path) -> str | None:
-    """The run id that ``models_dir``/mlflow_run.json names, if that run is in the store at
-    ``uri``; None when there is no reference or the run is not there (another store)."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    path = models_dir / RUN_FILE
-    if not path.is_file():
-        return None
-    run_id = json.loads(path.read_text(encoding="utf-8"))["run_id"]
-    try:
-        with store_errors(uri):
-            retry_if_locked(MlflowClient(tracking_uri=uri).get_run, run_id)
-    except MlflowException:
-        return None
-    return run_id
 
 
 def read_run_reference(models_dir: Path) -> dict[str, str]:

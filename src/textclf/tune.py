@@ -44,15 +44,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from textclf.config import (
     Config, PositiveFloat, PositiveInt, _format_pydantic, credential_problems, validate,
 )
-from textclf.errors import TextclfError
-from textclf.logs import quiet
+from textclf.errors import TextclfError, describe_composition_error, run_cli
 from textclf.models.classifier import NonFiniteLoss
-from textclf.params import compose, describe_composition_error
-from textclf.pipeline import run_pipeline
-from textclf.stages.train import MONITOR
-from textclf.tracking import (
-    check_tracking_uri, ensure_experiment, mask_userinfo, project_root, retry_if_locked, tracking_uri,
-)
+from textclf.params import compose
+from textclf.pipeline import MONITOR, run_pipeline
+from textclf.provenance import project_root
+from textclf.redact import mask_userinfo
+from textclf.tracking import TrackingStore, check_tracking_uri, tracking_uri
 
 TUNE_CONFIG = "tune"  # conf/tune.yaml
 SEARCH_KEY = "hparams_search"
@@ -87,10 +85,6 @@ class SearchConfig(BaseModel):
     sampler: dict[str, Any]
     pruner: dict[str, Any]
     params: dict[str, dict[str, Any] | None]
-
-
-class TrialDiverged(TextclfError):
-    """A trial's loss became NaN or infinite: the trial fails, the search goes on."""
 
 
 def _build(key: str, values: dict[str, Any], expected: tuple[type, ...]) -> tuple[Any, list[str]]:
@@ -245,12 +239,10 @@ class SearchRuns:
 
     def __init__(self, cfg: Config, study: optuna.Study, settings: SearchConfig, storage: str,
                  space: dict[str, BaseDistribution]) -> None:
-        from mlflow import MlflowClient
-
-        self.uri = tracking_uri(cfg.tracking)
-        check_tracking_uri(self.uri)
-        self.experiment_id = ensure_experiment(self.uri, cfg.tracking.experiment_name)
-        self.client = MlflowClient(self.uri)
+        uri = tracking_uri(cfg.tracking)
+        check_tracking_uri(uri)
+        self.store = TrackingStore(uri)
+        self.experiment_id = self.store.ensure_experiment(cfg.tracking.experiment_name)
         self.study_name = settings.study_name
         self.parent_run_id = self._parent_run(study)
         space_json = json.dumps({name: json.loads(distribution_to_json(d)) for name, d in space.items()})
@@ -259,7 +251,7 @@ class SearchRuns:
             ("textclf.search_space", space_json),
             ("textclf.n_trials", str(settings.n_trials)),
         ):
-            retry_if_locked(self.client.set_tag, self.parent_run_id, key, value)
+            self.store.set_tag(self.parent_run_id, key, value)
 
     def _parent_run(self, study: optuna.Study) -> str:
         """The run the study recorded, running again; a new one for a new study (or store)."""
@@ -268,15 +260,14 @@ class SearchRuns:
         run_id = study.user_attrs.get(PARENT_RUN_ATTR)
         if run_id is not None:
             try:
-                run = self.client.get_run(run_id)
+                run = self.store.get_run(run_id)
             except MlflowException:  # another tracking store, or the run was purged
                 run = None
             reusable = run is not None and run.info.lifecycle_stage == "active"
             if reusable and run.info.experiment_id == self.experiment_id:
-                retry_if_locked(self.client.update_run, run_id, status="RUNNING")
+                self.store.update_run(run_id, status="RUNNING")
                 return run_id
-        run = retry_if_locked(
-            self.client.create_run,
+        run = self.store.create_run(
             self.experiment_id,
             run_name=f"tune-{self.study_name}",
             tags={STUDY_TAG: self.study_name, "textclf.role": "search"},
@@ -297,8 +288,7 @@ class SearchRuns:
         """Brings the runs in line with the study: each child's state tag and status, the best
         trial's tag, and the best value, trial and overrides on the parent. Idempotent; an
         Optuna callback after every trial and the last step of every invocation."""
-        children = retry_if_locked(
-            self.client.search_runs,
+        children = self.store.search_runs(
             [self.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
             max_results=50000,
@@ -313,36 +303,36 @@ class SearchRuns:
             self._set_tag(run, STATE_TAG, trial.state.name)
             status = RUN_STATUS.get(trial.state)
             if status is not None and run.info.status != status:
-                retry_if_locked(self.client.set_terminated, run.info.run_id, status)
+                self.store.set_terminated(run.info.run_id, status)
             is_best = best is not None and trial.number == best.number
             if is_best:
                 self._set_tag(run, BEST_TAG, "true")
             elif BEST_TAG in run.data.tags:
-                retry_if_locked(self.client.delete_tag, run.info.run_id, BEST_TAG)
+                self.store.delete_tag(run.info.run_id, BEST_TAG)
         if best is None:
             return
         parent = self.parent_run_id
-        retry_if_locked(self.client.log_metric, parent, BEST_METRIC, float(best.value), step=len(complete))
+        self.store.log_metric(parent, BEST_METRIC, float(best.value), step=len(complete))
         for key, value in {
             "best_trial.number": str(best.number),
             "best_trial.run_id": best.user_attrs.get(RUN_ID_ATTR, "unknown"),
             "best_trial.overrides": " ".join(best.user_attrs.get(OVERRIDES_ATTR, [])),
             **{f"best.{name}": str(value) for name, value in best.params.items()},
         }.items():
-            retry_if_locked(self.client.set_tag, parent, key, value)
+            self.store.set_tag(parent, key, value)
 
     def _set_tag(self, run: Any, key: str, value: str) -> None:
         if run.data.tags.get(key) != value:
-            retry_if_locked(self.client.set_tag, run.info.run_id, key, value)
+            self.store.set_tag(run.info.run_id, key, value)
 
     def fail_stale_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna's callback for a trial whose process died (no heartbeat): its run is KILLED."""
         run_id = trial.user_attrs.get(RUN_ID_ATTR)
         if run_id is not None:
-            retry_if_locked(self.client.set_terminated, run_id, "KILLED")
+            self.store.set_terminated(run_id, "KILLED")
 
     def finish(self, status: str) -> None:
-        retry_if_locked(self.client.set_terminated, self.parent_run_id, status)
+        self.store.set_terminated(self.parent_run_id, status)
 
 
 def open_study(
@@ -413,8 +403,9 @@ def tune(overrides: list[str], root: Path | None = None) -> optuna.Study:
             tags = runs.trial_tags(trial, trial_overrides)
             summary = run_pipeline(cfg, job_dir, tags=tags, callbacks=[TrialPruning(trial, MONITOR)])
         except TextclfError as error:
-            if isinstance(error.__cause__, NonFiniteLoss):
-                raise TrialDiverged(str(error)) from error
+            # Until train raises NonFiniteLoss itself rather than a TextclfError from it (issue 17.9).
+            if not isinstance(error, NonFiniteLoss) and isinstance(error.__cause__, NonFiniteLoss):
+                raise NonFiniteLoss(str(error)) from error
             raise
         except SystemExit as error:  # Lightning turns Ctrl-C into exit(1): Optuna must see the interrupt
             raise KeyboardInterrupt from error
@@ -428,7 +419,7 @@ def tune(overrides: list[str], root: Path | None = None) -> optuna.Study:
                 objective,
                 n_trials=remaining,
                 timeout=settings.timeout,
-                catch=(TrialDiverged,),  # a diverged trial is a result (FAIL), not a reason to stop
+                catch=(NonFiniteLoss,),  # a diverged trial is a result (FAIL), not a reason to stop
                 callbacks=[runs.record],
             )
         status = "FINISHED"
@@ -463,16 +454,11 @@ def main(argv: list[str] | None = None) -> None:
     if any(arg in ("-h", "--help") for arg in args):
         print(__doc__)
         return
-    quiet()  # third-party noise (textclf.logs)
-    try:
-        study = tune(args)
-    except TextclfError as error:
-        print(f"error: [tune] {error}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: [tune] interrupted; run the same command again to continue the study", file=sys.stderr)
-        sys.exit(130)
-    print(f"tune: {describe(study)}")
+
+    def command() -> None:
+        print(f"tune: {describe(tune(args))}")
+
+    run_cli("tune", command, interrupted="interrupted; run the same command again to continue the study")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import hashlib
 import http.client
 import netrc
 import os
-import shutil
 import socket
 import ssl
 import time
@@ -39,7 +38,7 @@ from tqdm import tqdm
 from textclf.atomic import staged_file
 from textclf.config import DOWNLOAD_AUTH_HINT
 from textclf.errors import TextclfError
-from textclf.tracking import mask_userinfo
+from textclf.redact import mask_userinfo
 
 CHUNK_BYTES = 1 << 20
 TIMEOUT_SECONDS = 60.0  # per socket operation (connect, each read), not for the whole file
@@ -122,14 +121,6 @@ def _open_file(path: Path, shown: str, max_bytes: int | None) -> tuple[BinaryIO,
     if max_bytes is not None and size > max_bytes:
         raise _too_large(shown, max_bytes, f"its size, {size} bytes,")
     return open(path, "rb"), size
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _open_source(
@@ -294,14 +285,3 @@ def download(
         raise TextclfError("no download URL configured (set data.url)")
     raise TextclfError("could not download the archive: " + "; ".join([*failures, *([hint] if hint else [])]))
 
-
-def copy_if_cached(cached: Path, target: Path) -> bool:
-    """Hard-links (or copies) an already verified archive; True when it did."""
-    if not cached.is_file():
-        return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        target.hardlink_to(cached)
-    except OSError:
-        shutil.copyfile(cached, target)
-    return True

@@ -25,7 +25,7 @@ from textclf.errors import TextclfError
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test")  # <processed>/<split>.pt, as preprocess writes them
 VOCAB_FILE, LABELS_FILE, MANIFEST_FILE = "vocab.txt", "labels.json", "manifest.json"
 
 
@@ -151,7 +151,8 @@ class TokenIds:
 
 
 def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Splits indices into (kept, held out), holding out round(fraction * n) of each class.
+    """Splits indices into (train_indices, val_indices), holding out round(fraction * n) of
+    each class for validation.
 
     Each class keeps at least one training example. Deterministic for a given seed.
     """
@@ -159,14 +160,14 @@ def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tup
     by_class: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
         by_class.setdefault(label, []).append(i)
-    kept, held = [], []
+    train_indices, val_indices = [], []
     for label in sorted(by_class):
         members = by_class[label]
         order = torch.randperm(len(members), generator=generator).tolist()
-        n_held = min(round(fraction * len(members)), len(members) - 1)
-        held.extend(members[i] for i in order[:n_held])
-        kept.extend(members[i] for i in order[n_held:])
-    return sorted(kept), sorted(held)
+        n_val = min(round(fraction * len(members)), len(members) - 1)
+        val_indices.extend(members[i] for i in order[:n_val])
+        train_indices.extend(members[i] for i in order[n_val:])
+    return sorted(train_indices), sorted(val_indices)
 
 
 def read_vocabulary(processed: Path) -> list[str]:

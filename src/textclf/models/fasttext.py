@@ -63,7 +63,8 @@ class FastText(nn.Module):
         # Inverse document frequency per word id, from the training split (set_document_frequency);
         # a buffer, so checkpoints carry it.
         self.register_buffer("idf", torch.ones(vocab_size))
-        self.max_len = max_len  # read by the data module: tokens kept per document
+        # max_len (tokens kept per document) is not used here: BatchedSplit clips the documents,
+        # given model.max_len wherever the model runs (train, evaluate, the shipped model).
         # sparse=True: gradients cover only the rows a batch used (stepped by SparseAdam).
         self.embedding = nn.EmbeddingBag(vocab_size + ngram_buckets, embed_dim, mode="sum", sparse=sparse)
         self.dropout = nn.Dropout(dropout)

@@ -32,7 +32,8 @@ class LSTMClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.pooling = pooling
-        self.max_len = max_len  # read by the data module: tokens kept per document
+        # max_len (tokens kept per document) is not used here: BatchedSplit clips the documents,
+        # given model.max_len wherever the model runs (train, evaluate, the shipped model).
         # sparse=True: only the rows of words in the batch get gradients (stepped by SparseAdam).
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID, sparse=sparse)
         self.lstm = nn.LSTM(

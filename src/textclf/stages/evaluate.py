@@ -33,9 +33,9 @@ from textclf.data.datamodule import TextDataModule
 from textclf.errors import TextclfError
 from textclf.models.checkpoint import load_checkpoint
 from textclf.models.classifier import TextClassifier
+from textclf.outputs import CHECKPOINT_NAME, CURVES_FILE
 from textclf.resume import sweep_abandoned
 from textclf.stages.cli import run_stage
-from textclf.stages.train import CHECKPOINT_NAME, CURVES_FILE
 from textclf.tracking import (
     CHECKPOINT_TAG, artifact_store_errors, check_run_store, check_tracking_uri, ensure_experiment, file_sha256,
     read_run_reference, retry_if_locked, store_errors, tracking_uri,

@@ -32,9 +32,9 @@ from textclf.data.encoded import (
     stratified_holdout,
 )
 from textclf.data.text import Tokenizer, clean, decode
-from textclf.errors import TextclfError
+from textclf.errors import TextclfError, run_cli
+from textclf.hashing import file_sha256
 from textclf.resume import sweep_abandoned
-from textclf.stages.cli import run_stage
 
 FORMAT_VERSION = 1  # bump when the processed layout or tokenization changes
 # The data.* keys that shape the processed output (dvc.yaml declares these and the limits).
@@ -45,10 +45,6 @@ PREPROCESS_PARAMS = {
 # Also read, but they never change the output (a run either stops or writes the same bytes),
 # so they are not in the manifest nor in the processed cache's key.
 PREPROCESS_LIMITS = {"max_document_bytes", "max_archive_bytes"}
-
-
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def count_duplicates(messages: list[Message], train_dir: str, test_dir: str) -> dict[str, int]:
@@ -90,21 +86,21 @@ def check_class_names(archive: Path, train_messages: list[Message]) -> None:
             )
 
 
-def number_documents(
+def token_ids_of_documents(
     raws: Iterable[bytes], tokenizer: Tokenizer, remove: list[str], token_ids: TokenIds
 ) -> list[list[int]]:
     """Raw messages -> their tokens' ids in ``token_ids`` (new tokens numbered as they come)."""
     return [token_ids(tokenizer(clean(decode(raw), remove))) for raw in raws]
 
 
-def number_tokens(
+def token_ids_in_own_numbering(
     raws: list[bytes], token_pattern: str, lowercase: bool, remove: list[str]
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Tokenizes and numbers ``raws`` on their own (the share of a second process): -> (the
     distinct tokens in order of first appearance, (T,) their ids in document order, (N,)
     tokens per document). ``TokenIds.renumber`` carries the ids over to the main numbering."""
     token_ids = TokenIds()
-    documents = number_documents(raws, Tokenizer(token_pattern, lowercase), remove, token_ids)
+    documents = token_ids_of_documents(raws, Tokenizer(token_pattern, lowercase), remove, token_ids)
     return list(token_ids.index), *flatten_documents(documents)
 
 
@@ -141,11 +137,11 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path, parallel: bool = T
     test_job = ([m.raw for m in test_messages], cfg.token_pattern, cfg.lowercase, list(cfg.remove))
     worker = second_process() if parallel else None
     try:
-        test_numbered: Future | None = worker.submit(number_tokens, *test_job) if worker else None
+        test_numbered: Future | None = worker.submit(token_ids_in_own_numbering, *test_job) if worker else None
         duplicates = count_duplicates(messages, cfg.train_dir, cfg.test_dir)
         # Numbered first, as if alone: the test split's new tokens are renumbered after these.
-        train_documents = number_documents((m.raw for m in train_messages), tokenizer, cfg.remove, token_ids)
-        test_words, worker_ids, test_lengths = test_numbered.result() if test_numbered else number_tokens(*test_job)
+        train_documents = token_ids_of_documents((m.raw for m in train_messages), tokenizer, cfg.remove, token_ids)
+        test_words, worker_ids, test_lengths = test_numbered.result() if test_numbered else token_ids_in_own_numbering(*test_job)
     except BrokenProcessPool as error:  # killed: out of memory, or by a signal
         raise TextclfError(
             f"{archive}: the process tokenizing the test split died ({error}); free memory and rerun preprocess"
@@ -154,8 +150,8 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path, parallel: bool = T
         if worker:
             worker.shutdown(cancel_futures=True)
     test_ids = token_ids.renumber(test_words, worker_ids)
-    kept, held = stratified_holdout(train_labels, cfg.val_fraction, cfg.split_seed)
-    if not held:
+    train_indices, val_indices = stratified_holdout(train_labels, cfg.val_fraction, cfg.split_seed)
+    if not val_indices:
         largest = max(train_labels.count(label) for label in set(train_labels))
         raise TextclfError(
             f"data.val_fraction={cfg.val_fraction} holds out no validation document from {len(train_labels)} "
@@ -164,7 +160,7 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path, parallel: bool = T
         )
     # From the documents left for training only: validation and test words are out of vocabulary.
     vocabulary, to_vocabulary = token_ids.vocabulary(
-        (train_documents[i] for i in kept), cfg.min_freq, cfg.max_vocab
+        (train_documents[i] for i in train_indices), cfg.min_freq, cfg.max_vocab
     )
 
     def encoded(documents: list[list[int]], labels: list[int], chosen: list[int]) -> EncodedSplit:
@@ -173,8 +169,8 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path, parallel: bool = T
         )
 
     splits = {
-        "train": encoded(train_documents, train_labels, kept),
-        "val": encoded(train_documents, train_labels, held),
+        "train": encoded(train_documents, train_labels, train_indices),
+        "val": encoded(train_documents, train_labels, val_indices),
         "test": EncodedSplit.from_flat_ids(test_ids, test_lengths, test_labels, to_vocabulary),
     }
     with staged_dir(out_dir) as staging:
@@ -183,7 +179,7 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path, parallel: bool = T
         (staging / VOCAB_FILE).write_text("".join(f"{w}\n" for w in vocabulary), encoding="utf-8")
         (staging / LABELS_FILE).write_text(json.dumps(groups, indent=2) + "\n", encoding="utf-8")
         files = {
-            path.name: _file_sha256(path) for path in sorted(staging.iterdir()) if path.is_file()
+            path.name: file_sha256(path) for path in sorted(staging.iterdir()) if path.is_file()
         }
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -219,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         manifest = preprocess(cfg.data, archive, cfg.paths.processed)
         print(f"preprocess: {json.dumps(manifest['counts'])}, vocabulary {manifest['vocab_size']}")
 
-    run_stage("preprocess", stage)
+    run_cli("preprocess", stage)
 
 
 if __name__ == "__main__":

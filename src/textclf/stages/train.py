@@ -44,6 +44,7 @@ from textclf.data.encoded import VOCAB_FILE, read_manifest
 from textclf.distributed import launch_state_restorer
 from textclf.errors import TextclfError
 from textclf.models.classifier import NonFiniteLoss, TextClassifier
+from textclf.outputs import CHECKPOINT_NAME, CURVES_FILE
 from textclf.resources import check_devices, check_memory
 from textclf.resume import (
     LAST_CHECKPOINT, RESUME_DIR, record_run, resume_lock, run_to_resume, sweep_abandoned,
@@ -54,9 +55,7 @@ from textclf.tracking import (
     retry_if_locked, run_tags, tracking_uri, write_run_reference,
 )
 
-CHECKPOINT_NAME = "model"  # -> model.ckpt
 MONITOR = "val/f1_macro"
-CURVES_FILE = "training_curves.csv"
 CURVE_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_f1_macro")
 
 
