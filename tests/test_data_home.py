@@ -17,7 +17,7 @@ from conftest import build_archive
 
 import textclf.data.download as download_module
 from textclf.data.archive import content_sha256
-from textclf.data.download import sha256_of
+from textclf.hashing import file_sha256
 from textclf.errors import TextclfError
 from textclf.stages.download import download
 from textclf.stages.preprocess import preprocess
@@ -84,7 +84,7 @@ def test_the_pinned_archive_in_the_data_home_is_taken_without_the_network(
     cfg = offline_config(tiny_config, tiny_archive)
     path = download(cfg.data, cfg.paths.raw, progress=False)
     assert path == cfg.paths.raw / cfg.data.archive_name
-    assert sha256_of(path) == sha256 and waits == []
+    assert file_sha256(path) == sha256 and waits == []
     assert sorted(p.name for p in cfg.paths.raw.iterdir()) == [cfg.data.archive_name]
 
 
@@ -93,7 +93,7 @@ def test_a_repack_of_the_corpus_is_taken_by_its_content_hash_and_preprocesses_to
 ) -> None:
     archive, sha256 = tiny_archive
     repacked = repack(archive, home / archive.name)
-    assert sha256_of(repacked) != sha256 and content_sha256(repacked) == content_sha256(archive)
+    assert file_sha256(repacked) != sha256 and content_sha256(repacked) == content_sha256(archive)
     cfg = offline_config(tiny_config, tiny_archive)
     path = download(cfg.data, cfg.paths.raw, progress=False)
     assert path.read_bytes() == repacked.read_bytes()
