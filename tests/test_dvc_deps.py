@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO_ROOT, shrink_overrides, subprocess_env
+from test_dvc_pipeline import copy_repository, run, stages_run
 
-from conftest import REPO_ROOT, subprocess_env
+from textclf.params import write_params
 
 SOURCE = REPO_ROOT / "src"
 PACKAGE = SOURCE / "textclf"
@@ -54,7 +56,7 @@ def module_file(name: str) -> Path | None:
     return base if base.is_dir() else None
 
 
-def named_modules(name: str, dotted: str) -> set[str]:
+def named_modules(dotted: str) -> set[str]:
     """The textclf modules a dotted name refers to, with the packages above them:
     "textclf.models.lstm.LSTMClassifier" -> textclf, textclf.models, textclf.models.lstm."""
     parts = dotted.split(".")
@@ -69,18 +71,18 @@ def referenced_modules(name: str, path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                found |= named_modules(name, alias.name)
+                found |= named_modules(alias.name)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if base == "hydra.utils" and BUILDERS & {alias.name for alias in node.names}:
                 for target in conf_targets():
-                    found |= named_modules(name, target)
+                    found |= named_modules(target)
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, *([base] if base else [])])
-            found |= named_modules(name, base)
+            found |= named_modules(base)
             for alias in node.names:  # `from textclf import plots` names a module
-                found |= named_modules(name, f"{base}.{alias.name}")
+                found |= named_modules(f"{base}.{alias.name}")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             text = node.value
             if text.endswith(".py") and (path.parent / text).is_file():
@@ -135,11 +137,6 @@ def test_lazy_imports_and_hydra_targets_count_as_modules_a_stage_runs() -> None:
 def test_an_edit_to_a_module_only_evaluate_runs_reruns_evaluate(tmp_path: Path, tiny_archive) -> None:
     """Train would rerun with byte-equal outputs after an edit it shares with evaluate; an edit
     to code evaluate alone runs reruns evaluate alone, and reports/metrics.json is rewritten."""
-    from test_dvc_pipeline import copy_repository, run, stages_run
-
-    from conftest import shrink_overrides
-    from textclf.params import write_params
-
     evaluate_only = sorted(stage_modules("evaluate") - stage_modules("train"))
     assert evaluate_only, "no module is run by evaluate alone"
     edited = module_file(evaluate_only[0]).relative_to(REPO_ROOT)
