@@ -6,9 +6,9 @@ import re
 import shlex
 
 import pytest
+from conftest import REPO_ROOT
 from omegaconf import OmegaConf
 
-from conftest import REPO_ROOT
 from textclf.config import validate
 from textclf.params import compose
 
@@ -46,7 +46,7 @@ def readme_configuration_examples() -> list[list[str]]:
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("\n## Configuration", 1)[1].split("\n## ", 1)[0]
     examples = []
-    for line in re.findall(r"^dvc exp run .*$", section, re.M):
+    for line in re.findall(r"^dvc exp run .*$", section, re.MULTILINE):
         words = shlex.split(line.split("#")[0])
         examples.append([words[i + 1] for i, word in enumerate(words) if word == "-S"])
     return examples

@@ -28,7 +28,12 @@ from textclf.errors import TextclfError
 from textclf.serving import LABEL_COLUMN, MODEL_NAME, TEXT_COLUMN
 from textclf.stages.cli import run_stage
 from textclf.tracking import (
-    RUN_FILE, default_tracking_uri, mlflow_tracking_uri, project_root, require_store, store_errors,
+    RUN_FILE,
+    default_tracking_uri,
+    mlflow_tracking_uri,
+    project_root,
+    require_store,
+    store_errors,
 )
 
 REGISTERED_NAME, CHAMPION = "textclf", "champion"
