@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from textclf.compare import best_runs, main
+from textclf.compare import KEY_PARAMS, METRICS, best_runs, main
 from textclf.errors import TextclfError
 
 # (run name, model tag, optimizer.lr, test/accuracy or None for a run never evaluated)
@@ -90,3 +91,37 @@ def test_the_cli_prints_a_table(store: str, capsys: pytest.CaptureFixture, monke
         main(["--experiment", "missing"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.startswith("error: [compare] no experiment 'missing'")
+
+
+def test_params_that_differ_among_the_listed_runs_get_columns_and_equal_ones_do_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three seeds of one config, and an LSTM beside them: seed and model.dropout differ (both
+    logged by all), model.hidden_dim is the LSTM's alone, paths.* and the equal params do not count."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("textclf", artifact_location=(tmp_path / "artifacts").as_uri())
+    base = {"optimizer._target_": "torch.optim.Adam", "optimizer.lr": "0.01", "data.min_freq": "2",
+            "model._target_": "textclf.models.fasttext.FastText", "model.dropout": "0.0"}
+    runs = [("seed0", {"seed": "0"}, 0.80), ("seed1", {"seed": "1"}, 0.82), ("seed2", {"seed": "2"}, 0.81),
+            ("lstm", {"seed": "0", "model._target_": "textclf.models.lstm.LSTMClassifier", "model.dropout": "0.1",
+                      "model.hidden_dim": "64"}, 0.70)]
+    for name, params, accuracy in runs:
+        run = client.create_run(experiment, run_name=name)
+        logged = {**base, **params, "paths.models": str(tmp_path / name)}
+        client.log_batch(run.info.run_id, metrics=[Metric("test/accuracy", accuracy, 0, 0)],
+                         params=[Param(key, value) for key, value in logged.items()])
+        client.set_terminated(run.info.run_id)
+
+    rows = best_runs(uri)
+    extra = [key for key in rows[0] if key not in ("run_id", "run_name", "model", *KEY_PARAMS, *METRICS)]
+    assert extra == ["model.dropout", "seed"]
+    assert [(row["run_name"], row["seed"], row["model.dropout"]) for row in rows] == [
+        ("seed1", "1", "0.0"), ("seed2", "2", "0.0"), ("seed0", "0", "0.0"), ("lstm", "0", "0.1")]
+    three_seeds = best_runs(uri, top=3)
+    assert [key for key in three_seeds[0] if key not in ("run_id", "run_name", "model", *KEY_PARAMS, *METRICS)] == ["seed"]
+
+    monkeypatch.setenv("COLUMNS", "250")
+    main(["--tracking-uri", uri, "--top", "3"])
+    header = capsys.readouterr().out
+    assert "seed" in header and "model.dropout" not in header and "data.min_freq" not in header

@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from textclf.errors import TextclfError
-from textclf.predict import main, predict, read_texts, register, run_model_uri
+from textclf.predict import latest_run_id, main, predict, read_texts, register, run_model_uri
 
 from conftest import REPO_ROOT, subprocess_env
 from tiny_run import LABELS, TEXTS, TinyRun, tiny_run
@@ -128,3 +128,28 @@ def test_the_cli_classifies_stdin_with_the_champion(run: TinyRun) -> None:
     )
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert [line.split()[0] for line in predicted.stdout.splitlines()] == list(TEXTS)
+
+
+def test_without_a_run_id_predict_uses_the_run_of_the_last_repro(
+    run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = run.cfg.paths.models.parent  # holds models/mlflow_run.json, as a repository after `dvc repro`
+    assert latest_run_id(root) == run.run_id
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(root)
+    main(["--tracking-uri", run.uri, *TEXTS.values()])
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list(TEXTS)
+
+    elsewhere = tmp_path / "repo"
+    (elsewhere / "trained").mkdir(parents=True)
+    (elsewhere / "trained" / "mlflow_run.json").write_text(json.dumps({"run_id": "abc"}), encoding="utf-8")
+    (elsewhere / "params.yaml").write_text("paths:\n  models: trained\n", encoding="utf-8")
+    assert latest_run_id(elsewhere) == "abc"  # paths.models of params.yaml
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tracking-uri", run.uri, "some text"])
+    assert exit_info.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: [predict] no --run-id or --model-uri given, and no ")
+    assert str(tmp_path / "models" / "mlflow_run.json") in line and "dvc repro" in line

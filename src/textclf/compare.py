@@ -6,8 +6,10 @@
   python -m textclf.compare --sort test/loss --ascending
 
 Runs come from --tracking-uri, else $MLFLOW_TRACKING_URI, else the repository's mlflow.db.
-Metric values are the last ones logged (as the MLflow UI shows them); runs without the sort
-metric (trained, never evaluated) come last.
+Besides a few key params, every param whose value differs among the listed runs gets a column
+(the seed, data.min_freq, ...; params equal in all of them are left out). Metric values are the
+last ones logged (as the MLflow UI shows them); runs without the sort metric (trained, never
+evaluated) come last.
 """
 
 from __future__ import annotations
@@ -22,6 +24,22 @@ EXPERIMENT, SORT, TOP = "textclf", "test/accuracy", 10
 # Shown for every run; "optimizer" is the class name from optimizer._target_.
 KEY_PARAMS = ("optimizer", "optimizer.lr", "trainer.max_epochs", "train.batch_size", "model.embed_dim")
 METRICS = ("val/f1_macro", "test/accuracy", "test/f1_macro")
+# Never columns of their own: where a run's files and records went, not what it trained
+# (model._target_ is the model column, optimizer._target_ the optimizer column).
+NOT_COMPARED = ("paths.", "tracking.", "model._target_", "optimizer._target_")
+
+
+def differing_params(runs: list[Any]) -> list[str]:
+    """Params, beyond KEY_PARAMS, that two of ``runs`` logged with different values (sorted).
+    A param some runs lack (model.hidden_dim beside a fasttext run) counts among those that have it."""
+    values: dict[str, set[str]] = {}
+    for run in runs:
+        for key, value in run.data.params.items():
+            values.setdefault(key, set()).add(value)
+    return sorted(
+        key for key, seen in values.items()
+        if len(seen) > 1 and key not in KEY_PARAMS and not key.startswith(NOT_COMPARED)
+    )
 
 
 def _quoted(value: str, what: str, quote: str) -> str:
@@ -39,8 +57,9 @@ def best_runs(
     ascending: bool = False,
 ) -> list[dict[str, Any]]:
     """The ``top`` runs of ``experiment`` ordered by metric ``sort``, one dict per run: run_id,
-    run_name, model, the KEY_PARAMS (strings, None where not logged) and the METRICS plus
-    ``sort`` (floats, None where not logged).
+    run_name, model, the KEY_PARAMS and the params that differ among these runs
+    (differing_params; strings, None where not logged) and the METRICS plus ``sort`` (floats,
+    None where not logged).
 
     ``model`` keeps runs whose model family (the ``model`` tag: FastText, LSTMClassifier, ...)
     contains it, ignoring case: ``fasttext``, ``lstm``, ``transformer``."""
@@ -57,6 +76,7 @@ def best_runs(
         max_results=top,
     )
     rows = []
+    differing = differing_params(runs)
     for run in runs:
         params, metrics = run.data.params, run.data.metrics
         optimizer = params.get("optimizer._target_")
@@ -66,7 +86,7 @@ def best_runs(
             "model": run.data.tags.get("model"),
             "optimizer": optimizer.rsplit(".", 1)[-1] if optimizer else None,
         }
-        row.update({key: params.get(key) for key in KEY_PARAMS[1:]})
+        row.update({key: params.get(key) for key in (*KEY_PARAMS[1:], *differing)})
         row.update({key: metrics.get(key) for key in dict.fromkeys((*METRICS, sort))})
         rows.append(row)
     return rows

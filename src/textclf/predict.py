@@ -1,12 +1,15 @@
 """Classify texts with a logged model, and register a run's model as the champion.
 
+  python -m textclf.predict "first text" "second text"           (the last `dvc repro`'s run)
   python -m textclf.predict --run-id ID "first text" "second text"
   python -m textclf.predict --model-uri models:/textclf@champion --file texts.txt --json
   cat texts.txt | python -m textclf.predict --run-id ID           (one text per line)
   python -m textclf.predict --register --run-id ID [--name textclf] [--alias champion]
 
 Models come from the MLflow store at --tracking-uri, else $MLFLOW_TRACKING_URI, else the
-repository's mlflow.db. Prints one line per text: label, its probability, the text.
+repository's mlflow.db. With neither --run-id nor --model-uri, the run is the one the last
+`dvc repro` trained (<paths.models>/mlflow_run.json). Prints one line per text: label, its
+probability, the text.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import pandas as pd
 
 from textclf.errors import TextclfError, first_line, run_cli
 from textclf.serving import LABEL_COLUMN, MODEL_NAME, TEXT_COLUMN
+from textclf.outputs import RUN_FILE
+from textclf.provenance import project_root
 from textclf.tracking import (
     TrackingStore,
     default_tracking_uri,
@@ -38,6 +43,27 @@ SHOWN_CHARS = 70  # of each text, in the plain output
 
 def run_model_uri(run_id: str) -> str:
     return f"runs:/{run_id}/{MODEL_NAME}"
+
+
+def latest_run_id(root: Path | None = None) -> str:
+    """The run that ``<paths.models>/mlflow_run.json`` of the repository at ``root`` names (the
+    last `dvc repro`'s training; paths.models from its params.yaml, else models/)."""
+    import yaml
+
+    root = root if root is not None else project_root()
+    params = root / "params.yaml"
+    models = (yaml.safe_load(params.read_text(encoding="utf-8")) or {}).get("paths", {}).get("models", "models") \
+        if params.is_file() else "models"
+    reference = root / models / RUN_FILE
+    if not reference.is_file():
+        raise TextclfError(
+            f"no --run-id or --model-uri given, and no {reference} names a trained run "
+            "(run `dvc repro` first, or give --run-id)"
+        )
+    try:
+        return str(json.loads(reference.read_text(encoding="utf-8"))["run_id"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise TextclfError(f"{reference}: no run id in it (run `dvc repro` again, or give --run-id)") from error
 
 
 def load_model(model_uri: str, tracking_uri: str):  # noqa: ANN201 - mlflow.pyfunc.PyFuncModel
@@ -57,7 +83,9 @@ def load_model(model_uri: str, tracking_uri: str):  # noqa: ANN201 - mlflow.pyfu
                 store_errors(tracking_uri), tempfile.TemporaryDirectory(prefix="textclf-load-") as copy:
             path = list(sys.path)
             try:
-                return mlflow.pyfunc.load_model(model_uri, dst_path=copy)
+                # suppress_warnings: no check of the model's pip requirements against every
+                # installed distribution (seconds, and this process runs the textclf it imported).
+                return mlflow.pyfunc.load_model(model_uri, dst_path=copy, suppress_warnings=True)
             except TextclfError as error:  # a refused artifact: named inside the model, not the copy
                 raise TextclfError(
                     f"cannot load model {model_uri} from {tracking_uri}: {str(error).replace(copy + os.sep, '')}"
@@ -152,8 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m textclf.predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run-id", help="use the model logged by this training run")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--run-id", help="use the model logged by this training run (default: the one models/mlflow_run.json names)"
+    )
     source.add_argument("--model-uri", help="any MLflow model URI, e.g. models:/textclf@champion")
     parser.add_argument("texts", nargs="*", help="texts to classify (default: --file, else stdin)")
     parser.add_argument("--file", type=Path, help="read texts from this file, one per line")
@@ -163,18 +193,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default=REGISTERED_NAME, help="registered model name (default: %(default)s)")
     parser.add_argument("--alias", default=CHAMPION, help="alias for the new version (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.register and (args.run_id is None or args.texts or args.file):
-        parser.error("--register takes --run-id and no texts")
+    if args.register and (args.model_uri is not None or args.texts or args.file):
+        parser.error("--register takes --run-id (default: the last `dvc repro`'s run) and no texts")
 
     def command() -> None:
         uri = args.tracking_uri or default_tracking_uri()
+        run_id = args.run_id if args.run_id is not None or args.model_uri is not None else latest_run_id()
         if args.register:
-            version = register(args.run_id, uri, args.name, args.alias)
-            print(f"registered {run_model_uri(args.run_id)} as {args.name} version {version}; "
+            version = register(run_id, uri, args.name, args.alias)
+            print(f"registered {run_model_uri(run_id)} as {args.name} version {version}; "
                   f"use models:/{args.name}@{args.alias}")
             return
         texts = read_texts(args.texts, args.file, sys.stdin)
-        frame = predict(args.model_uri or run_model_uri(args.run_id), texts, uri)
+        frame = predict(args.model_uri or run_model_uri(run_id), texts, uri)
         print(format_json(frame, texts) if args.json else format_plain(frame, texts))
 
     run_cli("predict", command)
