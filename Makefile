@@ -14,7 +14,7 @@ STAMP   := $(VENV)/.installed
 # Stage commands in dvc.yaml call `python -m textclf...`: make that the venv's python.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast params mlflow-server mlflow-server-stop clean
+.PHONY: setup repro test test-fast lint format params mlflow-server mlflow-server-stop clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,18 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# ruff: the linter and the formatter's check, configured in pyproject.toml ([tool.ruff]).
+LINTED := src tests benchmarks scripts
+
+lint: setup
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+# Rewrites what `make lint` checks into shape (import order, fixable lint, formatting).
+format: setup
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
 
 # Rewrites params.yaml from conf/ (what `dvc exp run` does before every experiment).
 params: setup
