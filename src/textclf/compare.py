@@ -16,13 +16,14 @@ import argparse
 from typing import Any
 
 from textclf.errors import TextclfError
+from textclf.metrics import TEST_ACCURACY, TEST_F1_MACRO, VAL_F1_MACRO
 from textclf.stages.cli import run_stage
 from textclf.tracking import default_tracking_uri, require_store, store_errors
 
-EXPERIMENT, SORT, TOP = "textclf", "test/accuracy", 10
+EXPERIMENT, SORT, TOP = "textclf", TEST_ACCURACY, 10
 # Shown for every run; "optimizer" is the class name from optimizer._target_.
 KEY_PARAMS = ("optimizer", "optimizer.lr", "trainer.max_epochs", "train.batch_size", "model.embed_dim")
-METRICS = ("val/f1_macro", "test/accuracy", "test/f1_macro")
+METRICS = (VAL_F1_MACRO, TEST_ACCURACY, TEST_F1_MACRO)
 
 
 def _quoted(value: str, what: str, quote: str) -> str:
