@@ -185,7 +185,7 @@ def test_train_stage_on_two_nodes_with_torchrun(tmp_path: Path, tiny_archive) ->
     output = "\n".join(log.read_text() for log in logs)
     assert codes == [0, 0], output[-4000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output
-    assert output.count("train: {'run_id'") == 1  # only global rank 0 reports
+    assert output.count('train: {"run_id"') == 1  # only global rank 0 reports
     (record,) = finished_runs(uri, 1)
     assert record.data.params["trainer.num_nodes"] == "2"
     assert_one_trained_model(load_params(params))

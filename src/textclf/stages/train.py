@@ -29,7 +29,7 @@ import secrets
 import shutil
 from collections.abc import Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_params(args.params)
         summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
         if summary is not None:
-            print(f"train: {summary}")
+            print(f"train: {json.dumps(asdict(summary))}")
 
     run_stage("train", stage)
 
