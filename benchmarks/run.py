@@ -7,7 +7,8 @@ Measures on the full corpus, on this machine, in this one run:
   * each model preset: test accuracy / macro-F1, training wall time, time to 80/84/86/88% test
     accuracy (scored after every epoch), peak RSS, training samples/s (one subprocess each);
   * scikit-learn TF-IDF + LinearSVC on the same split (what a user would write instead);
-  * the train stage vs a bare PyTorch loop on the same fasttext config (framework overhead);
+  * the train stage as shipped (its main(), as `dvc repro` runs it) vs a bare PyTorch loop on
+    the same fasttext config (framework overhead);
   * the preprocess stage vs CountVectorizer().fit_transform + transform on the same texts;
   * `dvc repro` when nothing changed.
 Timings are medians over --repeats runs where cheap. Writes latest.json and latest.md into
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
                           f"paths.reports={work / 'overhead' / 'reports'}"])
     pipeline_runs, bare_runs = [], []
     for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
-        pipeline_runs.append(run_worker("pipeline", params)["seconds"])
+        pipeline_runs.append(run_worker("stage", params)["seconds"])
         bare_runs.append(run_worker("bare", params)["seconds"])
     results["overhead"] = {
         "epochs": yaml.safe_load(params.read_text())["trainer"]["max_epochs"],

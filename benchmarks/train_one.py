@@ -1,7 +1,12 @@
 """One measurement in a fresh process (so peak RSS belongs to it alone); prints one JSON line.
 
     python -m benchmarks.train_one pipeline --params P.yaml [--per-epoch-test]
+    python -m benchmarks.train_one stage --params P.yaml
     python -m benchmarks.train_one bare --params P.yaml
+
+pipeline: train (with the per-epoch test probe), then evaluate, for the model rows; stage: the
+train stage as `dvc repro` runs it (its main(): params.yaml in, models/ out, nothing shipped:
+evaluate logs the model), timed from after its imports, as the bare loop is.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ def peak_rss_mb() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=("pipeline", "bare"))
+    parser.add_argument("mode", choices=("pipeline", "stage", "bare"))
     parser.add_argument("--params", type=Path, required=True)
     parser.add_argument("--per-epoch-test", action="store_true")
     args = parser.parse_args()
@@ -70,6 +75,12 @@ def main() -> None:
         from benchmarks.bare_loop import bare_train
 
         result.update(bare_train(cfg, cfg.paths.processed))
+    elif args.mode == "stage":
+        from textclf.stages import train as train_stage
+
+        started = time.perf_counter()
+        train_stage.main(["--params", str(args.params)])
+        result["seconds"] = time.perf_counter() - started
     else:
         from textclf.stages.evaluate import evaluate
         from textclf.stages.train import train
@@ -83,10 +94,10 @@ def main() -> None:
         summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports, callbacks=callbacks)
         seconds = time.perf_counter() - started
         train_docs = len(EncodedSplit.load(cfg.paths.processed / "train.pt"))
-        result.update(seconds=seconds, epochs=summary["epochs"], best_val_f1_macro=summary["best_val_f1_macro"])
+        result.update(seconds=seconds, epochs=summary.epochs, best_score=summary.best_score)
         if args.per_epoch_test:
             result["train_seconds"] = probe.clock
-            result["samples_per_second"] = train_docs * summary["epochs"] / probe.clock
+            result["samples_per_second"] = train_docs * summary.epochs / probe.clock
             result["test_curve"] = probe.curve
             result["time_to"] = {f"{int(t * 100)}%": probe.time_to(t) for t in THRESHOLDS}
             metrics = evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)

@@ -95,7 +95,7 @@ def test_two_sweeps_started_at_the_same_moment_get_their_own_directories(tiny_ar
 
 
 def test_evaluate_refuses_a_checkpoint_swapped_under_it(tiny_archive, tmp_path: Path) -> None:
-    run = tiny_run(tmp_path, *tiny_archive)
+    run = tiny_run(tmp_path, *tiny_archive, evaluated=False)
     cfg, models = run.cfg, run.cfg.paths.models
     checkpoint = models / "model.ckpt"
     reference_file = models / "mlflow_run.json"

@@ -123,6 +123,8 @@ def test_every_stage_depends_on_every_module_it_runs(stage: str) -> None:
     files = {module_file(name) for name in stage_modules(stage)} - {PACKAGE}
     missing = sorted(str(path.relative_to(REPO_ROOT)) for path in files if not covered(path, deps))
     assert not missing, f"dvc.yaml stage {stage!r} runs these but does not depend on them: {missing}"
+    # Not the whole package: an edit anywhere would rerun every stage (download included).
+    assert str(PACKAGE.relative_to(REPO_ROOT)) not in deps
 
 
 def test_lazy_imports_and_hydra_targets_count_as_modules_a_stage_runs() -> None:

@@ -49,17 +49,28 @@ def test_a_full_artifact_store_is_named_and_models_is_not_written(tiny_config, m
     cfg = tiny_config("trainer.max_epochs=1")
     download(cfg.data, cfg.paths.raw, progress=False)
     preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
-    # The SQLite store's artifacts go to mlartifacts/ beside mlflow.db; the model (its
-    # checkpoint, the package's code) needs about 360 KB.
+    # The SQLite store's artifacts go to mlartifacts/ beside mlflow.db. Train logs the config
+    # (a few KB) there; evaluate the model (its checkpoint, the package's code: about 360 KB).
     with tmpfs(tmp_path / "mlartifacts", "128k") as artifacts:
+
+        def assert_names_the_full_store(error: pytest.ExceptionInfo[TextclfError]) -> None:
+            message = str(error.value)
+            assert "\n" not in message
+            assert message.startswith(f"cannot write to the MLflow artifact store {artifacts.as_uri()}/"), message
+            assert "No space left on device" in message
+
+        fill(artifacts, leave=0)
         with pytest.raises(TextclfError) as error:
             train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
-        message = str(error.value)
-        assert "\n" not in message
-        assert message.startswith(f"cannot write to the MLflow artifact store {artifacts.as_uri()}/"), message
-        assert "No space left on device" in message
+        assert_names_the_full_store(error)
         assert not cfg.paths.models.exists()  # the staged models/ was dropped
         assert list(tmp_path.glob("models.partial*")) == []
+
+        (artifacts / "filler").unlink()  # room for the config, not for the model
+        train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+        with pytest.raises(TextclfError) as error:
+            evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+        assert_names_the_full_store(error)
 
 
 def test_a_full_reports_filesystem_leaves_every_report_as_it_was(tiny_config, mlflow_uri: str, tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ def test_the_exploration_notebook_describes_the_processed_corpus(tiny_config) ->
 
 
 def test_the_comparison_notebook_ranks_runs_and_shows_the_best_confusion(tmp_path: Path, tiny_archive) -> None:
-    run = tiny_run(tmp_path, *tiny_archive, evaluated=True)
+    run = tiny_run(tmp_path, *tiny_archive)
     with mlflow_tracking_uri(run.uri):  # the notebook sets MLflow's global URI; put it back after
         namespace = execute("02-compare-runs.ipynb", {"tracking_uri": run.uri})
     table = namespace["table"]

@@ -29,7 +29,7 @@ def test_a_training_run_is_tagged_with_its_provenance_and_logs_no_secret(
     preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
     summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
 
-    run = MlflowClient(mlflow_uri).get_run(summary["run_id"])
+    run = MlflowClient(mlflow_uri).get_run(summary.run_id)
     tags = run.data.tags
     assert tags["git_dirty"] in ("true", "false", "unknown")
     assert tags["data_name"] == cfg.data.name == "20news-bydate"

@@ -91,7 +91,7 @@ def test_gpu_training_runs_in_bf16(tiny_config, mlflow_uri: str) -> None:
     preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
     summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
     (record,) = finished_runs(mlflow_uri, 1)
-    assert record.info.run_id == summary["run_id"]
+    assert record.info.run_id == summary.run_id
     assert record.data.params["trainer.precision"] == "bf16-mixed"
     assert record.data.tags["device"].startswith("cuda")
 
@@ -185,7 +185,7 @@ def test_train_stage_on_two_nodes_with_torchrun(tmp_path: Path, tiny_archive) ->
     output = "\n".join(log.read_text() for log in logs)
     assert codes == [0, 0], output[-4000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output
-    assert output.count("train: {'run_id'") == 1  # only global rank 0 reports
+    assert output.count('train: {"run_id"') == 1  # only global rank 0 reports
     (record,) = finished_runs(uri, 1)
     assert record.data.params["trainer.num_nodes"] == "2"
     assert_one_trained_model(load_params(params))
@@ -343,7 +343,7 @@ def test_mlflow_server_on_postgres_records_train_and_evaluate(tiny_config, monke
         metrics = evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
 
         client = MlflowClient(uri)
-        record = client.get_run(summary["run_id"])
+        record = client.get_run(summary.run_id)
         assert record.info.status == "FINISHED"
         assert record.data.params["optimizer.lr"] == "0.02"
         assert record.data.metrics["test/accuracy"] == pytest.approx(metrics["accuracy"])

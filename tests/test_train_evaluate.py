@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -16,8 +18,10 @@ from textclf.errors import TextclfError
 from textclf.stages.download import download
 from textclf.stages.evaluate import evaluate
 from textclf.stages.preprocess import preprocess
-from textclf.stages.train import LAST_CHECKPOINT, BestInMemoryIO, resume_dir, train
+from textclf.stages.train import LAST_CHECKPOINT, BestInMemoryIO, resume_dir, run_name, train
 from textclf.tracking import tracking_uri
+
+from tiny_run import TEXTS
 
 METRIC_KEYS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss")
 
@@ -67,7 +71,7 @@ def test_train_then_evaluate_fills_one_mlflow_run(prepared, mlflow_uri: str) -> 
     runs = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.run_id == summary["run_id"]
+    assert run.info.run_id == summary.run_id
     assert run.info.status == "FINISHED"
     assert run.data.params["model._target_"] == "textclf.models.fasttext.FastText"
     assert run.data.params["optimizer.lr"] == "0.05"
@@ -102,8 +106,50 @@ def test_the_same_seed_trains_the_same_model(prepared, mlflow_uri: str) -> None:
     cfg = prepared("seed=0")
     first = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
     again = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
-    assert first["best_val_f1_macro"] == again["best_val_f1_macro"]
-    assert first["run_id"] != again["run_id"]  # one MLflow run per training
+    assert first.best_score == again.best_score
+    assert first.run_id != again.run_id  # one MLflow run per training
+
+
+def test_two_seed_0_trainings_get_different_run_names_that_name_the_model(prepared, mlflow_uri: str) -> None:
+    cfg = prepared("seed=0", "trainer.max_epochs=1")
+    first, again = (train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports) for _ in range(2))
+    client = MlflowClient(mlflow_uri)
+    names = [client.get_run(summary.run_id).info.run_name for summary in (first, again)]
+    assert names[0] != names[1] and all(name.startswith("fasttext-") for name in names), names
+
+
+def test_a_run_is_named_by_its_model_what_started_it_and_a_random_id(
+    tiny_config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    lstm = tiny_config(model="lstm")
+    assert re.fullmatch(r"lstm-[0-9a-f]{6}", run_name(lstm, {}))
+    assert re.fullmatch(r"lstm-job3-[0-9a-f]{6}", run_name(lstm, {"hydra.job.num": "3"}))
+    assert re.fullmatch(r"lstm-fasttext-trial-7-[0-9a-f]{6}", run_name(lstm, {"mlflow.runName": "fasttext-trial-7"}))
+    monkeypatch.setenv("DVC_EXP_NAME", "jaded-bass")  # set by `dvc exp run` for its stages
+    assert re.fullmatch(r"lstm-jaded-bass-[0-9a-f]{6}", run_name(lstm, {"hydra.job.num": "3"}))
+    assert run_name(tiny_config("tracking.run_name=mine"), {"hydra.job.num": "3"}) == "mine"  # set: it wins
+
+
+def test_train_delivers_the_checkpoint_and_evaluate_ships_the_model_into_the_same_run(
+    prepared, mlflow_uri: str
+) -> None:
+    import mlflow
+
+    cfg = prepared("trainer.max_epochs=3")
+    summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_run(summary.run_id).info.experiment_id
+
+    def logged_models() -> list:
+        return client.search_logged_models([experiment], filter_string=f"source_run_id = '{summary.run_id}'")
+
+    assert (cfg.paths.models / "model.ckpt").is_file() and logged_models() == []  # train ships nothing
+    evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+    (model,) = logged_models()
+    assert model.name == "model"
+    served = mlflow.pyfunc.load_model(f"runs:/{summary.run_id}/model")  # $MLFLOW_TRACKING_URI: the store
+    assert served.predict(pd.DataFrame({"text": list(TEXTS.values())}))["label"].tolist() == list(TEXTS)
 
 
 def test_evaluate_without_a_checkpoint_names_it(prepared, mlflow_uri: str) -> None:
@@ -163,7 +209,7 @@ def test_step_losses_are_logged_every_n_steps_and_the_epoch_mean_counts_every_st
     # 36 training docs in batches of 4: 9 equal batches an epoch, so the epoch's mean loss is
     # the plain mean of its steps' losses.
     cfg = prepared("trainer.max_epochs=2", "train.batch_size=4", f"trainer.log_every_n_steps={every}")
-    run_id = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)["run_id"]
+    run_id = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports).run_id
     client = MlflowClient(mlflow_uri)
     steps = client.get_metric_history(run_id, "train/loss_step")
     assert [m.step for m in steps] == [s for s in range(18) if (s + 1) % every == 0]

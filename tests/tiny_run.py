@@ -27,8 +27,9 @@ class TinyRun:
     run_id: str
 
 
-def tiny_run(root: Path, archive: Path, sha256: str, *overrides: str, evaluated: bool = False) -> TinyRun:
-    """Downloads, preprocesses and trains (3 epochs; then evaluates if ``evaluated``) under ``root``."""
+def tiny_run(root: Path, archive: Path, sha256: str, *overrides: str, evaluated: bool = True) -> TinyRun:
+    """Downloads, preprocesses and trains (3 epochs) under ``root``, then evaluates, which
+    logs the shipped model (runs:/<id>/model), unless ``evaluated`` is False."""
     uri = f"sqlite:///{root / 'mlflow.db'}"
     paths = [f"paths.{name}={root / name}" for name in ("raw", "processed", "models", "reports", "cache")]
     cfg = validate(compose(
@@ -40,4 +41,4 @@ def tiny_run(root: Path, archive: Path, sha256: str, *overrides: str, evaluated:
     summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
     if evaluated:
         evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
-    return TinyRun(cfg, uri, summary["run_id"])
+    return TinyRun(cfg, uri, summary.run_id)

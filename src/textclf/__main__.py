@@ -49,7 +49,8 @@ def forced() -> bool:
 
 
 def run(cfg: DictConfig) -> float:
-    """One Hydra job; returns the best validation macro-F1 (what a sweeper maximizes)."""
+    """One Hydra job; returns the best value of train.monitor (what a sweeper optimizes: its
+    direction must be the monitor's mode, e.g. maximize for val/f1_macro)."""
     from textclf.distributed import ddp_children_rerun_this_job
     from textclf.pipeline import run_pipeline
     from textclf.redact import redact_secrets
@@ -76,7 +77,7 @@ def run(cfg: DictConfig) -> float:
         )
     elif summary:
         print(f"textclf: {summary}")
-    return float(summary.get("best_val_f1_macro", 0.0))
+    return float(summary.get("best_score", 0.0))
 
 
 def refuse_credentials(arguments: list[str]) -> None:

@@ -18,12 +18,13 @@ import argparse
 from typing import Any
 
 from textclf.errors import TextclfError, run_cli
+from textclf.metrics import TEST_ACCURACY, TEST_F1_MACRO, VAL_F1_MACRO
 from textclf.tracking import TrackingStore, default_tracking_uri, require_store
 
-EXPERIMENT, SORT, TOP = "textclf", "test/accuracy", 10
+EXPERIMENT, SORT, TOP = "textclf", TEST_ACCURACY, 10
 # Shown for every run; "optimizer" is the class name from optimizer._target_.
 KEY_PARAMS = ("optimizer", "optimizer.lr", "trainer.max_epochs", "train.batch_size", "model.embed_dim")
-METRICS = ("val/f1_macro", "test/accuracy", "test/f1_macro")
+METRICS = (VAL_F1_MACRO, TEST_ACCURACY, TEST_F1_MACRO)
 # Never columns of their own: where a run's files and records went, not what it trained
 # (model._target_ is the model column, optimizer._target_ the optimizer column).
 NOT_COMPARED = ("paths.", "tracking.", "model._target_", "optimizer._target_")

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from textclf.errors import TextclfError
 from textclf.redact import mask_userinfo
+from textclf.metrics import MonitorName
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -66,6 +67,7 @@ class TrainConfig(_Section):
     label_smoothing: Fraction
     num_threads: PositiveInt | None
     length_buckets: PositiveInt | None
+    monitor: MonitorName  # selects the checkpoint; its mode (max or min) is textclf.metrics.mode
     resume_interval_s: NonNegativeFloat | None  # 0: a resume point every epoch; null: none
     resume_keep_s: NonNegativeFloat | None  # a dead training's resume point is deleted after; null: never
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
+from textclf import metrics
 from textclf.config import Config, to_dict
 from textclf.data.encoded import MANIFEST_FILE, read_manifest
 from textclf.resources import check_devices
@@ -31,7 +33,7 @@ from textclf.resume import sweep_abandoned
 from textclf.stages.download import download
 from textclf.stages.evaluate import evaluate
 from textclf.stages.preprocess import FORMAT_VERSION, PREPROCESS_PARAMS, preprocess
-from textclf.stages.train import MONITOR, train
+from textclf.stages.train import train
 from textclf.tracking import check_tracking_uri, ensure_experiment, retry_if_locked, tracking_uri
 
 FINGERPRINT_TAG = "textclf.fingerprint"
@@ -82,7 +84,7 @@ def fingerprint(cfg: Config, processed: Path) -> str:
 
 def finished_run(cfg: Config, job_fingerprint: str) -> dict[str, Any] | None:
     """The newest FINISHED run of ``cfg``'s experiment tagged with ``job_fingerprint``, as the
-    summary ``run_pipeline`` would return (run id, best validation macro-F1); None if none."""
+    summary ``run_pipeline`` would return (run id, train.monitor and its best value); None if none."""
     from mlflow import MlflowClient
 
     uri = tracking_uri(cfg.tracking)
@@ -100,8 +102,9 @@ def finished_run(cfg: Config, job_fingerprint: str) -> dict[str, Any] | None:
     if not runs:
         return None
     run_id = runs[0].info.run_id
-    history = retry_if_locked(client.get_metric_history, run_id, MONITOR)
-    return {"run_id": run_id, "best_val_f1_macro": max((m.value for m in history), default=0.0)}
+    monitor = cfg.train.monitor
+    values = [m.value for m in retry_if_locked(client.get_metric_history, run_id, monitor)]
+    return {"run_id": run_id, "monitor": monitor, "best_score": metrics.best(monitor, values) if values else 0.0}
 
 
 def run_pipeline(
@@ -127,11 +130,11 @@ def run_pipeline(
             return {**previous, "skipped": True}
     models_dir, reports_dir = job_dir / "models", job_dir / "reports"
     summary = train(cfg, processed, models_dir, reports_dir, tags=tags, callbacks=callbacks)
-    if not summary:  # a non-zero DDP rank: rank 0 evaluates
+    if summary is None:  # a non-zero DDP rank: rank 0 evaluates
         return {}
-    metrics = evaluate(cfg, processed, models_dir, reports_dir, run_id=summary["run_id"])
-    tag_fingerprint(cfg, summary["run_id"], job_fingerprint)  # last: only a whole job counts as done
-    return {**summary, **{f"test_{key}": value for key, value in metrics.items()}}
+    scores = evaluate(cfg, processed, models_dir, reports_dir, run_id=summary.run_id)
+    tag_fingerprint(cfg, summary.run_id, job_fingerprint)  # last: only a whole job counts as done
+    return {**asdict(summary), **{f"test_{key}": value for key, value in scores.items()}}
 
 
 def tag_fingerprint(cfg: Config, run_id: str, job_fingerprint: str) -> None:

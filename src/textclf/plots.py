@@ -15,6 +15,16 @@ from typing import Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from textclf.metrics import CURVE_COLUMNS
+
+# The columns of training_curves.csv (textclf.metrics.CURVES) -> (panel, legend label).
+CURVE_PANELS = {
+    "train_loss": ("losses", "train"),
+    "val_loss": ("losses", "validation"),
+    "val_accuracy": ("scores", "accuracy"),
+    "val_f1_macro": ("scores", "macro-F1"),
+}
+
 
 def _column(rows: list[dict[str, str]], name: str) -> tuple[list[float], list[float]]:
     """(epochs, values) of the rows where ``name`` was recorded (blank cells are skipped)."""
@@ -23,15 +33,15 @@ def _column(rows: list[dict[str, str]], name: str) -> tuple[list[float], list[fl
 
 
 def learning_curves(curves_csv: str) -> Figure:
-    """training_curves.csv text (epoch, step, train_loss, val_loss, val_accuracy, val_f1_macro)
-    -> two panels: the losses, and the validation accuracy and macro-F1, per epoch."""
+    """training_curves.csv text (CURVE_COLUMNS: epoch, step, train_loss, val_loss, ...) -> two
+    panels: the losses, and the validation accuracy and macro-F1, per epoch."""
     rows = list(csv.DictReader(io.StringIO(curves_csv)))
     fig = Figure(figsize=(10, 4), dpi=100)
     losses, scores = fig.subplots(1, 2)
-    for name, label in (("train_loss", "train"), ("val_loss", "validation")):
-        losses.plot(*_column(rows, name), marker="o", label=label)
-    for name, label in (("val_accuracy", "accuracy"), ("val_f1_macro", "macro-F1")):
-        scores.plot(*_column(rows, name), marker="o", label=label)
+    panels = {"losses": losses, "scores": scores}
+    for name in CURVE_COLUMNS[2:]:  # after epoch and step
+        panel, label = CURVE_PANELS[name]
+        panels[panel].plot(*_column(rows, name), marker="o", label=label)
     losses.set(title="Loss", xlabel="epoch", ylabel="cross-entropy")
     scores.set(title="Validation", xlabel="epoch", ylabel="score", ylim=(0.0, 1.0))
     for ax in (losses, scores):

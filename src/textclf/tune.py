@@ -8,8 +8,9 @@ Composes conf/tune.yaml: the pipeline's config plus one ``hparams_search`` entry
 sampler, pruner and a space of Hydra overrides, each an Optuna distribution). Each trial
 composes the config again with its sampled overrides (``optimizer.lr=0.0123``, ``model=lstm``)
 and runs the whole pipeline as `python -m textclf` would, on the shared data cache; its
-objective is the best validation macro-F1 (``val/f1_macro``), maximized. Optuna's Lightning
-callback reports that metric every epoch and stops trials the pruner gives up on.
+objective is the best value of ``train.monitor`` (default ``val/f1_macro``, maximized; a loss
+is minimized). Optuna's Lightning callback reports that metric every epoch and stops trials
+the pruner gives up on.
 
 The study lives in an RDB storage (default: ``optuna.db`` beside ``mlflow.db``): rerunning the
 same command continues it, and ``n_trials`` counts every finished trial (complete or pruned),
@@ -47,7 +48,8 @@ from textclf.config import (
 from textclf.errors import TextclfError, describe_composition_error, run_cli
 from textclf.models.classifier import NonFiniteLoss
 from textclf.params import compose
-from textclf.pipeline import MONITOR, run_pipeline
+from textclf.metrics import mode
+from textclf.pipeline import run_pipeline
 from textclf.provenance import project_root
 from textclf.redact import mask_userinfo
 from textclf.tracking import TrackingStore, check_tracking_uri, tracking_uri
@@ -64,7 +66,7 @@ STUDY_TAG = "textclf.study"
 TRIAL_TAG = "textclf.trial_number"
 STATE_TAG = "textclf.trial_state"
 BEST_TAG = "textclf.best_trial"
-BEST_METRIC = "best_val_f1_macro"
+BEST_METRIC = "best_score"  # the best trial's value of train.monitor
 # MLflow status of a trial's run once Optuna has settled the trial.
 RUN_STATUS = {TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
 DISTRIBUTIONS = (FloatDistribution, IntDistribution, CategoricalDistribution)
@@ -250,6 +252,7 @@ class SearchRuns:
             ("optuna.storage", mask_userinfo(storage)),
             ("textclf.search_space", space_json),
             ("textclf.n_trials", str(settings.n_trials)),
+            ("textclf.monitor", cfg.train.monitor),  # what BEST_METRIC is the best of
         ):
             self.store.set_tag(self.parent_run_id, key, value)
 
@@ -295,7 +298,7 @@ class SearchRuns:
         )
         runs = {run.info.run_id: run for run in children}
         complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-        best = max(complete, key=lambda t: t.value) if complete else None
+        best = study.best_trial if complete else None  # by the study's direction
         for trial in study.trials:
             run = runs.get(trial.user_attrs.get(RUN_ID_ATTR, ""))
             if run is None or trial.state == TrialState.RUNNING:
@@ -336,10 +339,12 @@ class SearchRuns:
 
 
 def open_study(
-    settings: SearchConfig, storage: str, on_stale_trial: Callable[[optuna.Study, FrozenTrial], None]
+    settings: SearchConfig, storage: str, on_stale_trial: Callable[[optuna.Study, FrozenTrial], None],
+    direction: str = "maximize",
 ) -> optuna.Study:
     """Creates the study, or loads it to continue; its sampler seed is offset by the number of
-    trials it holds, so a resumed search does not draw its first values again."""
+    trials it holds, so a resumed search does not draw its first values again. ``direction``
+    (maximize, minimize) is train.monitor's: a loaded study must optimize the same way."""
     database = storage.removeprefix("sqlite:///") if storage.startswith("sqlite:///") else None
     if database is not None and not Path(database).parent.is_dir():
         raise TextclfError(f"{SEARCH_KEY}.storage {storage}: directory {Path(database).parent} does not exist")
@@ -357,12 +362,12 @@ def open_study(
         reason = " ".join(str(error).split())
         raise TextclfError(f"{SEARCH_KEY}.storage {mask_userinfo(storage)}: cannot open ({reason})") from error
     study = optuna.create_study(
-        study_name=settings.study_name, storage=rdb, direction="maximize", load_if_exists=True
+        study_name=settings.study_name, storage=rdb, direction=direction, load_if_exists=True
     )
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+    if study.direction.name.lower() != direction:
         raise TextclfError(
-            f"study {settings.study_name!r} in {mask_userinfo(storage)} minimizes; textclf.tune maximizes "
-            f"(pick another {SEARCH_KEY}.study_name)"
+            f"study {settings.study_name!r} in {mask_userinfo(storage)} is set to {study.direction.name.lower()}; "
+            f"this train.monitor needs {direction} (pick another {SEARCH_KEY}.study_name)"
         )
     sampler = dict(settings.sampler)
     if sampler.get("seed") is not None:
@@ -390,7 +395,8 @@ def tune(overrides: list[str], root: Path | None = None) -> optuna.Study:
         if runs is not None:
             runs.fail_stale_trial(study, trial)
 
-    study = open_study(settings, storage, on_stale_trial)
+    monitor = base.train.monitor
+    study = open_study(settings, storage, on_stale_trial, "maximize" if mode(monitor) == "max" else "minimize")
     runs = SearchRuns(base, study, settings, storage, space)
 
     def objective(trial: optuna.Trial) -> float:
@@ -401,7 +407,7 @@ def tune(overrides: list[str], root: Path | None = None) -> optuna.Study:
         job_dir = settings.output_dir / f"trial_{trial.number}"
         try:
             tags = runs.trial_tags(trial, trial_overrides)
-            summary = run_pipeline(cfg, job_dir, tags=tags, callbacks=[TrialPruning(trial, MONITOR)])
+            summary = run_pipeline(cfg, job_dir, tags=tags, callbacks=[TrialPruning(trial, monitor)])
         except TextclfError as error:
             # Until train raises NonFiniteLoss itself rather than a TextclfError from it (issue 17.9).
             if not isinstance(error, NonFiniteLoss) and isinstance(error.__cause__, NonFiniteLoss):
@@ -409,7 +415,7 @@ def tune(overrides: list[str], root: Path | None = None) -> optuna.Study:
             raise
         except SystemExit as error:  # Lightning turns Ctrl-C into exit(1): Optuna must see the interrupt
             raise KeyboardInterrupt from error
-        return float(summary["best_val_f1_macro"])
+        return float(summary["best_score"])
 
     remaining = settings.n_trials - finished_trials(study)
     status = "FAILED"
@@ -440,10 +446,10 @@ def describe(study: optuna.Study) -> str:
     )
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if complete:
-        best = max(complete, key=lambda t: t.value)
+        best = study.best_trial
         overrides = " ".join(best.user_attrs.get(OVERRIDES_ATTR, []))
         line += (
-            f"; best trial {best.number}: {MONITOR} {best.value:.4f} with {overrides}"
+            f"; best trial {best.number}: {best.value:.4f} with {overrides}"
             f" (MLflow run {best.user_attrs.get(RUN_ID_ATTR)})"
         )
     return line

@@ -1,4 +1,4 @@
-"""The LightningModule: a backbone from conf/model, cross-entropy, torchmetrics per split."""
+"""The LightningModule: a backbone from conf/model, cross-entropy, the metrics of textclf.metrics."""
 
 from __future__ import annotations
 
@@ -9,26 +9,16 @@ import lightning.pytorch as pl
 import torch
 from hydra.utils import get_object
 from torch import nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric
 
 from textclf.config import PARTIAL, TARGETS
 from textclf.errors import TextclfError
+from textclf.metrics import TRAIN_LOSS_EPOCH, TRAIN_LOSS_STEP, VAL_LOSS, val_metrics
 from textclf.models.optim import build_optimizer
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 
 class NonFiniteLoss(TextclfError):
     """The training loss became NaN or infinite: training stops rather than go on diverged."""
-
-
-def split_metrics(num_classes: int, prefix: str) -> MetricCollection:
-    return MetricCollection(
-        {
-            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
-        },
-        prefix=prefix,
-    )
 
 
 def build(section: str, values: Mapping[str, Any], **runtime: Any) -> Any:
@@ -69,7 +59,7 @@ class TextClassifier(pl.LightningModule):
         self.save_hyperparameters(logger=False)
         self.backbone: nn.Module = build("model", model, vocab_size=vocab_size, num_classes=num_classes)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.val_metrics = split_metrics(num_classes, prefix="val/")
+        self.val_metrics = val_metrics(num_classes)
         self.train_loss = MeanMetric()  # the epoch's training loss, weighted by documents
 
     def setup(self, stage: str) -> None:
@@ -105,9 +95,9 @@ class TextClassifier(pl.LightningModule):
         self.train_loss.update(loss.detach(), size)
         every = self.trainer.log_every_n_steps
         if every > 0 and (self.global_step + 1) % every == 0:  # Lightning's own test for a logging step
-            self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=size)
+            self.log(TRAIN_LOSS_STEP, loss, on_step=True, on_epoch=False, batch_size=size)
         if self.trainer.is_last_batch:  # here, not in on_train_epoch_end: EpochHistory reads it before that hook
-            self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
+            self.log(TRAIN_LOSS_EPOCH, self.train_loss, on_step=False, on_epoch=True)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -115,7 +105,7 @@ class TextClassifier(pl.LightningModule):
         loss = self.criterion(logits, batch["labels"])
         size = batch["labels"].numel()
         self.val_metrics.update(logits, batch["labels"])
-        self.log("val/loss", loss, on_epoch=True, batch_size=size, sync_dist=True)
+        self.log(VAL_LOSS, loss, on_epoch=True, batch_size=size, sync_dist=True)
         # Logging the metric objects lets Lightning compute and sync them across DDP ranks.
         self.log_dict(self.val_metrics, on_epoch=True, batch_size=size)
 

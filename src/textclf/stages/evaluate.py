@@ -1,9 +1,11 @@
 """Stage 4: score the best checkpoint on the test split; the only stage that reads test labels.
 
 Writes ``<paths.reports>/``: metrics.json (DVC metrics), per_class.json, confusion.csv
-(DVC confusion plot), per_class_f1.csv (DVC bar plot) and confusion.png; adds the test
-metrics and reports to the MLflow run that trained the checkpoint, with PNGs of the
-per-class F1 and of the learning curves (from training_curves.csv).
+(DVC confusion plot), per_class_f1.csv (DVC bar plot) and confusion.png; completes the MLflow
+run that trained the checkpoint with the test metrics and reports, PNGs of the per-class F1
+and of the learning curves (from training_curves.csv), and the shipped model
+(``runs:/<id>/model``, see textclf.serving): the checkpoint, the vocabulary and labels of
+``<paths.processed>/`` and the config that trained it (``<paths.models>/config.yaml``).
 """
 
 from __future__ import annotations
@@ -17,24 +19,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import yaml
 from torch.nn import functional as F
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
 
 from textclf.atomic import write_files
 from textclf.config import Config, load_params
 from textclf.data.datamodule import TextDataModule
 from textclf.errors import TextclfError
+from textclf.metrics import F1_MACRO, LOSS, TEST_PREFIX, TEST_SCORES, evaluation_metrics
 from textclf.models.checkpoint import load_checkpoint
 from textclf.models.classifier import TextClassifier
 from textclf.outputs import CHECKPOINT_NAME, CURVES_FILE
 from textclf.resume import sweep_abandoned
+from textclf.serving import log_model
 from textclf.stages.cli import run_stage
 from textclf.tracking import (
     CHECKPOINT_TAG, artifact_store_errors, check_run_store, check_tracking_uri, ensure_experiment, file_sha256,
@@ -49,21 +46,6 @@ CONFUSION_CSV, CONFUSION_PNG = "confusion.csv", "confusion.png"
 PER_CLASS_F1_CSV = "per_class_f1.csv"  # class,f1: the DVC bar plot
 # Logged to MLflow only (evaluation/), drawn from the reports.
 PER_CLASS_F1_PNG, CURVES_PNG = "per_class_f1.png", "training_curves.png"
-
-
-def test_metrics(num_classes: int) -> MetricCollection:
-    return MetricCollection(
-        {
-            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
-            "precision_macro": MulticlassPrecision(num_classes, average="macro"),
-            "recall_macro": MulticlassRecall(num_classes, average="macro"),
-            "precision": MulticlassPrecision(num_classes, average=None),
-            "recall": MulticlassRecall(num_classes, average=None),
-            "f1": MulticlassF1Score(num_classes, average=None),
-            "confusion": MulticlassConfusionMatrix(num_classes),
-        }
-    )
 
 
 @torch.inference_mode()
@@ -145,12 +127,9 @@ def evaluate(
     )
     names = datamodule.labels
     logits, labels = predict(module, datamodule)
-    scores = test_metrics(len(names))(logits, labels)
-    metrics = {
-        key: round(float(scores[key]), 6)
-        for key in ("accuracy", "f1_macro", "precision_macro", "recall_macro")
-    }
-    metrics["loss"] = round(float(F.cross_entropy(logits, labels)), 6)
+    scores = evaluation_metrics(len(names))(logits, labels)
+    metrics = {key: round(float(scores[key]), 6) for key in TEST_SCORES}
+    metrics[LOSS] = round(float(F.cross_entropy(logits, labels)), 6)
     metrics["num_test"] = int(labels.numel())
     support = torch.bincount(labels, minlength=len(names))
     per_class = {
@@ -179,7 +158,7 @@ def evaluate(
         reports_dir / METRICS_FILE: _json_bytes(metrics),
     })
     with store_errors(uri):
-        log_to_run(cfg, models_dir, metrics, reports_dir, reference)
+        log_to_run(cfg, models_dir, processed, metrics, reports_dir, reference)
     return metrics
 
 
@@ -210,10 +189,16 @@ def log_figures(client: MlflowClient, run_id: str, reports_dir: Path, f1_macro: 
 
 
 def log_to_run(
-    cfg: Config, models_dir: Path, metrics: dict[str, float], reports_dir: Path, reference: dict[str, str] | None = None
+    cfg: Config,
+    models_dir: Path,
+    processed: Path,
+    metrics: dict[str, float],
+    reports_dir: Path,
+    reference: dict[str, str] | None = None,
 ) -> None:
-    """Adds test metrics and reports to the run that trained the checkpoint (``reference``:
-    models_dir's mlflow_run.json as read when the checkpoint was loaded)."""
+    """Adds test metrics and reports, then the shipped model (the checkpoint with the
+    vocabulary and labels of ``processed``), to the run that trained the checkpoint
+    (``reference``: models_dir's mlflow_run.json as read when the checkpoint was loaded)."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
@@ -241,12 +226,16 @@ def log_to_run(
     retry_if_locked(
         client.log_batch,
         run_id,
-        metrics=[Metric(f"test/{key}", float(value), timestamp, 0) for key, value in metrics.items()],
+        metrics=[Metric(f"{TEST_PREFIX}{key}", float(value), timestamp, 0) for key, value in metrics.items()],
     )
     with artifact_store_errors(logged):
         for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG):
             retry_if_locked(client.log_artifact, run_id, str(reports_dir / name), artifact_path="evaluation")
-        log_figures(client, run_id, reports_dir, metrics["f1_macro"])
+        log_figures(client, run_id, reports_dir, metrics[F1_MACRO])
+        # The config that trained the checkpoint (secrets masked, as train wrote it), not this
+        # stage's params; its data section holds the tokenizer settings preprocess used.
+        config = yaml.safe_load((models_dir / "config.yaml").read_text(encoding="utf-8"))
+        log_model(uri, run_id, models_dir / f"{CHECKPOINT_NAME}.ckpt", processed, config)  # runs:/<id>/model
     status = retry_if_locked(client.get_run, run_id).info.status
     if status == "RUNNING":
         retry_if_locked(client.set_terminated, run_id)

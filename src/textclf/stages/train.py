@@ -1,43 +1,48 @@
-"""Stage 3: train the configured model with Lightning; best checkpoint by val macro-F1.
+"""Stage 3: train the configured model with Lightning; best checkpoint by ``train.monitor``.
 
 Writes ``<paths.models>/`` (model.ckpt, config.yaml, vocab.txt, mlflow_run.json) and
-``<paths.reports>/training_curves.csv``; logs params, losses, metrics and artifacts to one
-MLflow run. Under DDP only rank 0 writes files or talks to MLflow.
+``<paths.reports>/training_curves.csv``; logs params, losses, metrics and the config to one
+MLflow run, which evaluate completes with the test metrics and the shipped model. Under DDP
+only rank 0 writes files or talks to MLflow.
 
 While it trains, the stage keeps a resume point in ``<paths.cache>/resume/<key>/`` (the
 full state after the last completed epoch, the best checkpoint so far, the MLflow run id):
 rerun after a crash, the same training picks up there, in the same MLflow run, and ends with
 the weights an uninterrupted run would have. The directory is deleted when training ends;
 what becomes of the resume points of trainings that died is in textclf.resume.
+
+    train(cfg, ...)            seed, then build the data module and the LightningModule
+      build_trainer            the Trainer with its checkpointing callbacks (Training)
+      open_run                 rank 0: the MLflow run, new or the one a resume point names
+      fit_with_resume          fit, from the resume point if there is one
+      deliver_outputs          rank 0: models/ and the curves, in place; -> TrainSummary
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import hashlib
-import io
 import json
 import os
-import random
+import secrets
 import shutil
-import time
+from collections.abc import Mapping
 from contextlib import ExitStack
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 import yaml
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning_utilities.core.apply_func import apply_to_collection
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from textclf import metrics
 from textclf.atomic import link_or_copy, staged_dir, write_text
 from textclf.batched_logger import BatchedMLFlowLogger
+from textclf.callbacks import BestInMemoryIO, EpochHistory, EpochSeed, ResumePoint
 from textclf.config import Config, flatten, load_params, to_dict
 from textclf.data.datamodule import TextDataModule
 from textclf.data.encoded import VOCAB_FILE, read_manifest
@@ -55,130 +60,32 @@ from textclf.tracking import (
     retry_if_locked, run_tags, tracking_uri, write_run_reference,
 )
 
-MONITOR = "val/f1_macro"
-CURVE_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_accuracy", "val_f1_macro")
+RUN_NAME_TAG = "mlflow.runName"  # a caller's name for the run (tune: <study>-trial-<n>)
 
 
-class EpochHistory(Callback):
-    """Keeps one row of losses and validation metrics per epoch (for the DVC plot)."""
+@dataclass(frozen=True)
+class TrainSummary:
+    """What a finished training hands on (rank 0 only; the other DDP ranks get None)."""
 
-    def __init__(self) -> None:
-        self.rows: list[dict[str, float]] = []
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Runs after the epoch's validation, so both losses are in callback_metrics.
-        metrics = trainer.callback_metrics
-        names = {
-            "train_loss": "train/loss_epoch",
-            "val_loss": "val/loss",
-            "val_accuracy": "val/accuracy",
-            "val_f1_macro": "val/f1_macro",
-        }
-        row: dict[str, float] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
-        for column, key in names.items():
-            if key in metrics:
-                row[column] = round(float(metrics[key]), 6)
-        self.rows.append(row)
-
-    def to_csv(self) -> str:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CURVE_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        return buffer.getvalue()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rows": list(self.rows)}  # in the resume checkpoint: the curves survive a crash
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.rows = list(state_dict["rows"])
+    run_id: str  # the MLflow run, which evaluate completes
+    monitor: str  # train.monitor, e.g. val/f1_macro
+    best_score: float  # its value for the delivered checkpoint
+    epochs: int
 
 
-class EpochSeed(Callback):
-    """Reseeds python, numpy and torch at the start of every training epoch from (seed, epoch,
-    rank): dropout and every other draw of an epoch depend on nothing that came before it, so a
-    run resumed at an epoch boundary goes on exactly as the uninterrupted run did. (Shuffling
-    does not use these generators at all: the sampler seeds its own from (seed, epoch).)"""
+@dataclass(frozen=True)
+class Training:
+    """A Trainer and the parts of it the stage reads back after fit."""
 
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
+    trainer: pl.Trainer
+    checkpoint: ModelCheckpoint  # the best model by train.monitor, in ``resume / "best"``
+    best_io: BestInMemoryIO  # holds that model in memory until it is due on disk
+    history: EpochHistory  # the curves
+    resume: Path  # the resume directory (see resume_dir)
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        key = f"{self.seed}:{trainer.current_epoch}:{trainer.global_rank}".encode()
-        seed = int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-
-
-class BestInMemoryIO(TorchCheckpointIO):
-    """Checkpoint IO that keeps checkpoints bound for ``held_dir`` (the best-so-far model) in
-    memory and writes them on ``flush()``: when training ends, and before any other checkpoint
-    (a resume point) is written, so a resume point never names a best model that is not on disk.
-    A model that improves every epoch then costs one write instead of one per epoch (a fasttext
-    n-gram table is about 70 MB: a tenth of a second each). Only rank 0 saves, so only rank 0
-    holds any.
-
-    What is on disk always matches the last resume point: a run killed between two resume
-    points restarts from the older one, with the best model as it was then."""
-
-    def __init__(self, held_dir: Path) -> None:
-        super().__init__()
-        self.held_dir = held_dir.absolute()
-        self._held: dict[Path, dict[str, Any]] = {}
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        target = Path(path).absolute()
-        if target.parent != self.held_dir:
-            self.flush()  # the best model this checkpoint's callback state names, on disk first
-            super().save_checkpoint(checkpoint, path, storage_options)
-            return
-        # Copied now: training goes on changing the weights in place.
-        self._held[target] = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
-
-    def remove_checkpoint(self, path: Any) -> None:
-        self._held.pop(Path(path).absolute(), None)
-        super().remove_checkpoint(path)
-
-    def flush(self) -> None:
-        for target, checkpoint in self._held.items():
-            super().save_checkpoint(checkpoint, target)  # Lightning writes it in one piece
-        self._held.clear()
-
-
-class ResumePoint(Checkpoint):
-    """Saves the whole training state (weights, optimizer, schedule, loop counters, callback
-    states) to ``path`` at the end of a training epoch, through a temporary file and a rename,
-    so a crash at any moment leaves the last saved epoch's state behind.
-
-    Saves at the first epoch end at least ``interval_s`` seconds after the previous save (or the
-    start): 0 saves every epoch. The full state of a large embedding table is hundreds of MB,
-    which would cost a model with seconds-long epochs more than the epoch itself.
-
-    A Checkpoint subclass, so Lightning runs it after every other callback (the epoch's row of
-    curves and the best-checkpoint bookkeeping are in the state it saves)."""
-
-    def __init__(self, path: Path, interval_s: float) -> None:
-        self.path = path
-        self.interval_s = interval_s
-        self._last_save = time.monotonic()
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_save = time.monotonic()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        due = time.monotonic() - self._last_save >= self.interval_s
-        # Saving is collective under DDP: every rank follows rank 0's clock.
-        if not trainer.strategy.broadcast(due, src=0):
-            return
-        staged = self.path.with_name(f"{self.path.name}.partial")
-        trainer.save_checkpoint(staged, weights_only=False)  # all DDP ranks call it; rank 0 writes
-        if trainer.is_global_zero:
-            flush = getattr(trainer.logger, "flush", None)
-            if flush is not None:  # the run's metrics up to here are stored before the state is
-                flush()
-            os.replace(staged, self.path)
-        self._last_save = time.monotonic()
+    @property
+    def last(self) -> Path:
+        return self.resume / LAST_CHECKPOINT
 
 
 def resume_dir(cfg: Config, manifest: dict[str, Any], uri: str) -> Path:
@@ -213,15 +120,178 @@ def discard_stale(resume: Path, uri: str, trainer: pl.Trainer) -> bool:
     return False
 
 
+def run_name(cfg: Config, tags: Mapping[str, str]) -> str:
+    """tracking.run_name when set; else ``<model>[-<what>]-<id>``: the model's module
+    (fasttext, lstm, transformer), what started the run (the DVC experiment, the caller's name
+    such as tune's ``<study>-trial-<n>``, or the Hydra sweep's job number) and six hex digits
+    from os.urandom. (MLflow draws its own names from ``random``, which the seed has just
+    reset: every run with one seed got the same name.)"""
+    if cfg.tracking.run_name is not None:
+        return cfg.tracking.run_name
+    model = str(cfg.model["_target_"]).rsplit(".", 2)[-2]  # textclf.models.<module>.<Class>
+    job = tags.get("hydra.job.num")
+    what = os.environ.get("DVC_EXP_NAME") or tags.get(RUN_NAME_TAG) or (f"job{job}" if job is not None else None)
+    return "-".join(part for part in (model, what, secrets.token_hex(3)) if part)
+
+
+def build_datamodule(cfg: Config, processed: Path) -> TextDataModule:
+    return TextDataModule(
+        processed,
+        batch_size=cfg.train.batch_size,
+        eval_batch_size=cfg.train.eval_batch_size,
+        num_workers=cfg.train.num_workers,
+        max_len=cfg.model.get("max_len"),
+        seed=cfg.seed,
+        length_buckets=cfg.train.length_buckets,
+    )
+
+
+def build_module(cfg: Config, datamodule: TextDataModule) -> TextClassifier:
+    """The LightningModule; its weights are drawn here, from the generators the seed set."""
+    resolved = to_dict(cfg)
+    return TextClassifier(
+        model=resolved["model"],
+        optimizer=resolved["optimizer"],
+        scheduler=resolved["scheduler"],
+        vocab_size=datamodule.vocab_size,
+        num_classes=datamodule.num_classes,
+        label_smoothing=cfg.train.label_smoothing,
+    )
+
+
+def build_trainer(cfg: Config, resume: Path, callbacks: list[Callback] | None = None) -> Training:
+    """The Trainer from ``cfg.trainer``, without a logger (rank 0 gets one in open_run), with
+    the callbacks in the order Lightning runs them: the epoch seed, the curves, the caller's
+    ``callbacks``, the best checkpoint, then the resume point (a Checkpoint: after all others)."""
+    interval = cfg.train.resume_interval_s
+    resume_points = [] if interval is None else [ResumePoint(resume / LAST_CHECKPOINT, interval)]
+    checkpoint = ModelCheckpoint(
+        dirpath=resume / "best",
+        filename=CHECKPOINT_NAME,
+        monitor=cfg.train.monitor,
+        mode=metrics.mode(cfg.train.monitor),
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+        save_weights_only=True,  # the deliverable is the model, not the optimizer state (3x larger)
+    )
+    best_io = BestInMemoryIO(resume / "best")
+    history = EpochHistory()
+    trainer: pl.Trainer = instantiate(
+        to_dict(cfg)["trainer"],
+        logger=False,  # rank 0 gets its MLflow logger in open_run, once the Trainer knows the ranks
+        callbacks=[EpochSeed(cfg.seed), history, *(callbacks or []), checkpoint, *resume_points],
+        default_root_dir=resume,
+        use_distributed_sampler=False,  # the data module shards batches itself (see datamodule.py)
+        enable_model_summary=False,
+        plugins=[best_io],
+    )
+    return Training(trainer, checkpoint, best_io, history, resume)
+
+
+def open_run(
+    cfg: Config, uri: str, manifest: dict[str, Any], training: Training, resuming: bool, tags: Mapping[str, str]
+) -> tuple[BatchedMLFlowLogger, bool]:
+    """Rank 0: the Trainer's MLflow logger, on the run the resume point names (``resuming``)
+    or on a new run; -> (logger, whether fit resumes). A resume point whose run is not in the
+    store is discarded (train afresh); the run of a training killed before its first resume
+    point is marked KILLED. The run is recorded in the resume directory."""
+    from mlflow import MlflowClient
+
+    resume, trainer = training.resume, training.trainer
+    resolved = to_dict(cfg)
+    experiment_id = ensure_experiment(uri, cfg.tracking.experiment_name)
+    previous = run_to_resume(resume, uri, experiment_id)
+    if resuming and previous is None:
+        resuming = discard_stale(resume, uri, trainer)
+    client = MlflowClient(tracking_uri=uri)
+    if previous is not None and not resuming:  # killed before its first epoch ended
+        if retry_if_locked(client.get_run, previous).info.status == "RUNNING":
+            retry_if_locked(client.set_terminated, previous, "KILLED")
+    run_id = previous if resuming else None
+    logger = BatchedMLFlowLogger(
+        experiment_name=cfg.tracking.experiment_name,
+        run_name=run_name(cfg, tags),  # the name of a new run (a resumed one keeps its own)
+        tracking_uri=uri,
+        tags={**run_tags(resolved, manifest), **{k: v for k, v in tags.items() if k != RUN_NAME_TAG}},
+        flush_every=cfg.tracking.flush_every,
+        flush_interval_s=cfg.tracking.flush_interval_s,
+        run_id=run_id,  # a resumed training goes on in its own run
+    )
+    trainer.logger = logger
+    if run_id is None:
+        logger.log_hyperparams(redact_secrets(flatten(resolved)))
+    else:
+        print(f"train: resuming from {training.last} (MLflow run {run_id})", flush=True)
+        retry_if_locked(client.update_run, run_id, status="RUNNING")  # KILLED by a sweep
+        retry_if_locked(logger.experiment.set_tag, run_id, "resumed", "true")
+    record_run(resume, logger.run_id, logger.experiment_id, uri)
+    return logger, resuming
+
+
+def fit_with_resume(
+    training: Training, module: TextClassifier, datamodule: TextDataModule, resuming: bool
+) -> None:
+    """Fits, from the resume point when ``resuming``. A failure (a diverged loss, a bug, a
+    pruned trial) would recur on resume, so it deletes the resume directory: only an interrupt
+    or a killed process leaves the resume point for the next run."""
+    trainer = training.trainer
+    try:
+        # Only the pipeline's own file, in its own cache, is resumed from; it holds plain
+        # tensors and containers, so it loads weights-only as well.
+        gc.freeze()  # what opening the MLflow run created, too (see train)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=training.last if resuming else None, weights_only=True)
+    except Exception:
+        if trainer.is_global_zero:
+            shutil.rmtree(training.resume, ignore_errors=True)
+        raise
+
+
+def deliver_outputs(
+    cfg: Config, training: Training, logger: BatchedMLFlowLogger, processed: Path, models_dir: Path, reports_dir: Path
+) -> TrainSummary:
+    """Rank 0, after fit: moves the best checkpoint, the config that made it (secrets masked,
+    as in the run's params), the vocabulary and the run reference into ``models_dir`` as one,
+    tags the run with the checkpoint's sha256, logs the config to the run and writes the curves."""
+    uri = tracking_uri(cfg.tracking)
+    training.best_io.flush()
+    checkpoint = training.checkpoint
+    best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
+    if best is None or not best.is_file():
+        raise TextclfError(f"training produced no checkpoint in {training.resume} (no validation epoch ran?)")
+    with staged_dir(models_dir) as staging:
+        model_file = staging / f"{CHECKPOINT_NAME}.ckpt"
+        link_or_copy(best, model_file)  # no copy: the resume directory holding `best` is deleted after
+        config_file = staging / "config.yaml"
+        config_file.write_text(yaml.safe_dump(redact_config(to_dict(cfg)), sort_keys=False), encoding="utf-8")
+        shutil.copyfile(processed / VOCAB_FILE, staging / VOCAB_FILE)
+        # Which checkpoint this run trained: evaluate scores (and ships) only that one into the run.
+        checkpoint_sha256 = file_sha256(model_file)
+        retry_if_locked(logger.experiment.set_tag, logger.run_id, CHECKPOINT_TAG, checkpoint_sha256)
+        write_run_reference(staging, logger.run_id, logger.experiment_id, checkpoint_sha256, uri)
+        # A full artifact store is named as such, not as a failure to write models_dir. The run
+        # shows the config at its root; evaluate logs the model (runs:/<id>/model) beside it.
+        with artifact_store_errors(retry_if_locked(logger.experiment.get_run, logger.run_id).info.artifact_uri):
+            retry_if_locked(logger.experiment.log_artifact, logger.run_id, str(config_file))
+        write_text(reports_dir / CURVES_FILE, training.history.to_csv())
+    return TrainSummary(
+        run_id=logger.run_id,
+        monitor=cfg.train.monitor,
+        best_score=float(checkpoint.best_model_score),
+        epochs=training.trainer.current_epoch,
+    )
+
+
 def train(
     cfg: Config,
     processed: Path,
     models_dir: Path,
     reports_dir: Path,
-    tags: dict[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
     callbacks: list[Callback] | None = None,
-) -> dict[str, Any]:
-    """Trains, then moves the finished outputs into place; returns a summary of the run.
+) -> TrainSummary | None:
+    """Trains, then moves the finished outputs into place; returns the summary on rank 0 and
+    None on the other DDP ranks (rank 0 delivers).
 
     A training that was killed resumes from its last completed epoch (see ``resume_dir``)
     and goes on logging to the same MLflow run. ``tags`` are added to the MLflow run next to
@@ -235,51 +305,12 @@ def train(
         torch.set_num_threads(cfg.train.num_threads)
     manifest = read_manifest(processed)
     check_memory(to_dict(cfg), manifest["vocab_size"], manifest["num_classes"])  # before the model is built
-    datamodule = TextDataModule(
-        processed,
-        batch_size=cfg.train.batch_size,
-        eval_batch_size=cfg.train.eval_batch_size,
-        num_workers=cfg.train.num_workers,
-        max_len=cfg.model.get("max_len"),
-        seed=cfg.seed,
-        length_buckets=cfg.train.length_buckets,
-    )
-    resolved = to_dict(cfg)
-    module = TextClassifier(
-        model=resolved["model"],
-        optimizer=resolved["optimizer"],
-        scheduler=resolved["scheduler"],
-        vocab_size=datamodule.vocab_size,
-        num_classes=datamodule.num_classes,
-        label_smoothing=cfg.train.label_smoothing,
-    )
-
+    datamodule = build_datamodule(cfg, processed)
+    module = build_module(cfg, datamodule)
     resume = resume_dir(cfg, manifest, uri)
-    last = resume / LAST_CHECKPOINT
-    interval = cfg.train.resume_interval_s
-    resume_points = [] if interval is None else [ResumePoint(last, interval)]
-    checkpoint = ModelCheckpoint(
-        dirpath=resume / "best",
-        filename=CHECKPOINT_NAME,
-        monitor=MONITOR,
-        mode="max",
-        save_top_k=1,
-        auto_insert_metric_name=False,
-        enable_version_counter=False,
-        save_weights_only=True,  # the deliverable is the model, not the optimizer state (3x larger)
-    )
-    best_io = BestInMemoryIO(resume / "best")
-    history = EpochHistory()
     restore_launch_state = launch_state_restorer()  # DDP leaves env vars and a process group behind
-    trainer: pl.Trainer = instantiate(
-        resolved["trainer"],
-        logger=False,  # rank 0 gets its MLflow logger below, once the Trainer knows the ranks
-        callbacks=[EpochSeed(cfg.seed), history, *(callbacks or []), checkpoint, *resume_points],
-        default_root_dir=resume,
-        use_distributed_sampler=False,  # the data module shards batches itself (see datamodule.py)
-        enable_model_summary=False,
-        plugins=[best_io],
-    )
+    training = build_trainer(cfg, resume, callbacks)
+    trainer = training.trainer
     # Every object alive now (imported modules, config, data) outlives the training. Frozen, the
     # garbage collector no longer walks them in its full collections: over the 700k objects of
     # torch, Lightning and MLflow each takes about 0.3 s, several per training. Unfrozen at the end.
@@ -293,82 +324,16 @@ def train(
                 held.enter_context(resume_lock(resume))
             # Every rank decides alike: rank 0 changes nothing in ``resume`` before fit starts
             # (but to discard a stale resume point, which external launchers are told to rerun).
-            resuming = last.is_file()
+            resuming = training.last.is_file()
+            logger = None
             if trainer.is_global_zero:
-                from mlflow import MlflowClient
-
-                experiment_id = ensure_experiment(uri, cfg.tracking.experiment_name)
-                previous = run_to_resume(resume, uri, experiment_id)
-                if resuming and previous is None:
-                    resuming = discard_stale(resume, uri, trainer)
-                client = MlflowClient(tracking_uri=uri)
-                if previous is not None and not resuming:  # killed before its first epoch ended
-                    if retry_if_locked(client.get_run, previous).info.status == "RUNNING":
-                        retry_if_locked(client.set_terminated, previous, "KILLED")
-                run_id = previous if resuming else None
-                logger = BatchedMLFlowLogger(
-                    experiment_name=cfg.tracking.experiment_name,
-                    run_name=cfg.tracking.run_name,
-                    tracking_uri=uri,
-                    tags={**run_tags(resolved, manifest), **(tags or {})},
-                    flush_every=cfg.tracking.flush_every,
-                    flush_interval_s=cfg.tracking.flush_interval_s,
-                    run_id=run_id,  # a resumed training goes on in its own run
-                )
-                trainer.logger = logger
-                if run_id is None:
-                    logger.log_hyperparams(redact_secrets(flatten(resolved)))
-                else:
-                    print(f"train: resuming from {last} (MLflow run {run_id})", flush=True)
-                    retry_if_locked(client.update_run, run_id, status="RUNNING")  # KILLED by a sweep
-                    retry_if_locked(logger.experiment.set_tag, run_id, "resumed", "true")
-                record_run(resume, logger.run_id, logger.experiment_id, uri)
-            try:
-                # Only the pipeline's own file, in its own cache, is resumed from; it holds
-                # plain tensors and containers, so it loads weights-only as well.
-                gc.freeze()  # and what opening the MLflow run created
-                trainer.fit(module, datamodule=datamodule, ckpt_path=last if resuming else None, weights_only=True)
-            except Exception:
-                # A failure (a diverged loss, a bug, a pruned trial) would recur on resume: only
-                # an interrupt or a killed process leaves the resume point for the next run.
-                if trainer.is_global_zero:
-                    shutil.rmtree(resume, ignore_errors=True)
-                raise
-            if not trainer.is_global_zero:
-                return {}
-            best_io.flush()
-            best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
-            if best is None or not best.is_file():
-                raise TextclfError(f"training produced no checkpoint in {resume} (no validation epoch ran?)")
-            with staged_dir(models_dir) as staging:
-                model_file = staging / f"{CHECKPOINT_NAME}.ckpt"
-                link_or_copy(best, model_file)  # no copy: the resume directory holding `best` is deleted below
-                # The config that made the checkpoint, secrets masked as in the run's params.
-                config_file = staging / "config.yaml"
-                config_file.write_text(yaml.safe_dump(redact_config(resolved), sort_keys=False), encoding="utf-8")
-                shutil.copyfile(processed / VOCAB_FILE, staging / VOCAB_FILE)
-                # Which checkpoint this run trained: evaluate scores only that one into the run.
-                checkpoint_sha256 = file_sha256(model_file)
-                retry_if_locked(logger.experiment.set_tag, logger.run_id, CHECKPOINT_TAG, checkpoint_sha256)
-                write_run_reference(staging, logger.run_id, logger.experiment_id, checkpoint_sha256, uri)
-                # Imported here, not at the top: it loads mlflow.pyfunc, which importing this module
-                # (and ranks other than 0) should not pay for: 0.94 s cold, 0.03 s here, where the
-                # run has already loaded MLflow.
-                from textclf.serving import log_model
-
-                # A full artifact store is named as such, not as a failure to write models_dir.
-                # The run shows the config at its root; the weights and the vocabulary are stored
-                # once, inside the logged model (runs:/<id>/model/artifacts/), not again beside it.
-                with artifact_store_errors(retry_if_locked(logger.experiment.get_run, logger.run_id).info.artifact_uri):
-                    retry_if_locked(logger.experiment.log_artifact, logger.run_id, str(config_file))
-                    log_model(uri, logger.run_id, model_file, processed, resolved)  # the shippable pyfunc: runs:/<id>/model
-                write_text(reports_dir / CURVES_FILE, history.to_csv())
+                logger, resuming = open_run(cfg, uri, manifest, training, resuming, tags or {})
+            fit_with_resume(training, module, datamodule, resuming)
+            if logger is None:
+                return None
+            summary = deliver_outputs(cfg, training, logger, processed, models_dir, reports_dir)
             shutil.rmtree(resume, ignore_errors=True)  # finished: the next run starts afresh
-            return {
-                "run_id": logger.run_id,
-                "best_val_f1_macro": float(checkpoint.best_model_score),
-                "epochs": trainer.current_epoch,
-            }
+            return summary
     except NonFiniteLoss as error:
         kept = (models_dir / f"{CHECKPOINT_NAME}.ckpt").is_file()
         raise TextclfError(
@@ -388,8 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     def stage() -> None:
         cfg = load_params(args.params)
         summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
-        if summary:
-            print(f"train: {summary}")
+        if summary is not None:
+            print(f"train: {json.dumps(asdict(summary))}")
 
     run_stage("train", stage)
 
