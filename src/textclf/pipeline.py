@@ -34,7 +34,7 @@ from textclf.stages.download import download
 from textclf.stages.evaluate import evaluate
 from textclf.stages.preprocess import FORMAT_VERSION, PREPROCESS_PARAMS, preprocess
 from textclf.stages.train import train
-from textclf.tracking import check_tracking_uri, ensure_experiment, retry_if_locked, tracking_uri
+from textclf.tracking import TrackingStore, check_tracking_uri, tracking_uri
 
 FINGERPRINT_TAG = "textclf.fingerprint"
 # Config keys that never change the trained model: excluded from the fingerprint.
@@ -85,15 +85,11 @@ def fingerprint(cfg: Config, processed: Path) -> str:
 def finished_run(cfg: Config, job_fingerprint: str) -> dict[str, Any] | None:
     """The newest FINISHED run of ``cfg``'s experiment tagged with ``job_fingerprint``, as the
     summary ``run_pipeline`` would return (run id, train.monitor and its best value); None if none."""
-    from mlflow import MlflowClient
-
-    uri = tracking_uri(cfg.tracking)
+    store = TrackingStore(tracking_uri(cfg.tracking))
     # First, under the store lock: a client opens the store, which creates a new SQLite store's
     # tables, and parallel sweep jobs doing that at once break its migration.
-    experiment_id = ensure_experiment(uri, cfg.tracking.experiment_name)
-    client = MlflowClient(uri)
-    runs = retry_if_locked(
-        client.search_runs,
+    experiment_id = store.ensure_experiment(cfg.tracking.experiment_name)
+    runs = store.search_runs(
         [experiment_id],
         filter_string=f"tags.`{FINGERPRINT_TAG}` = '{job_fingerprint}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
@@ -103,7 +99,7 @@ def finished_run(cfg: Config, job_fingerprint: str) -> dict[str, Any] | None:
         return None
     run_id = runs[0].info.run_id
     monitor = cfg.train.monitor
-    values = [m.value for m in retry_if_locked(client.get_metric_history, run_id, monitor)]
+    values = [m.value for m in store.get_metric_history(run_id, monitor)]
     return {"run_id": run_id, "monitor": monitor, "best_score": metrics.best(monitor, values) if values else 0.0}
 
 
@@ -138,7 +134,4 @@ def run_pipeline(
 
 
 def tag_fingerprint(cfg: Config, run_id: str, job_fingerprint: str) -> None:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri(cfg.tracking))
-    retry_if_locked(client.set_tag, run_id, FINGERPRINT_TAG, job_fingerprint)
+    TrackingStore(tracking_uri(cfg.tracking)).set_tag(run_id, FINGERPRINT_TAG, job_fingerprint)

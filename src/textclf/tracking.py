@@ -21,14 +21,9 @@ from urllib.parse import urlparse
 from textclf.atomic import DISK_FULL, write_json
 from textclf.config import TrackingConfig
 from textclf.errors import TextclfError
-from textclf.hashing import file_sha256  # noqa: F401 - re-exported, see below
 from textclf.outputs import RUN_FILE
-from textclf.provenance import project_root, run_tags  # noqa: F401 - run_tags re-exported
-from textclf.redact import mask_userinfo, redact_config, redact_secrets  # noqa: F401 - re-exported
-
-# file_sha256, run_tags, redact_config and redact_secrets stay importable from here for one
-# step, for the stages that import them from here (train, evaluate); new code imports them from
-# textclf.hashing, textclf.provenance and textclf.redact.
+from textclf.provenance import project_root
+from textclf.redact import mask_userinfo
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -408,11 +408,6 @@ def tune(overrides: list[str], root: Path | None = None) -> optuna.Study:
         try:
             tags = runs.trial_tags(trial, trial_overrides)
             summary = run_pipeline(cfg, job_dir, tags=tags, callbacks=[TrialPruning(trial, monitor)])
-        except TextclfError as error:
-            # Until train raises NonFiniteLoss itself rather than a TextclfError from it (issue 17.9).
-            if not isinstance(error, NonFiniteLoss) and isinstance(error.__cause__, NonFiniteLoss):
-                raise NonFiniteLoss(str(error)) from error
-            raise
         except SystemExit as error:  # Lightning turns Ctrl-C into exit(1): Optuna must see the interrupt
             raise KeyboardInterrupt from error
         return float(summary["best_score"])

@@ -13,8 +13,8 @@ from textclf.config import DataConfig, load_params
 from textclf.data.download import BACKOFF_SECONDS, RETRIES, TIMEOUT_SECONDS
 from textclf.data.download import download as fetch_first
 from textclf.data.home import data_home, local_copy, offline_hint, take_local_copy
+from textclf.errors import run_cli
 from textclf.resume import sweep_abandoned
-from textclf.stages.cli import run_stage
 
 
 def download(
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         if local_copy(cfg.data, data_home()) is None:  # a local copy says what it took itself
             print(f"download: {path} (sha256 {cfg.data.sha256})")
 
-    run_stage("download", stage)
+    run_cli("download", stage)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import yaml
@@ -32,14 +31,13 @@ from textclf.models.classifier import TextClassifier
 from textclf.outputs import CHECKPOINT_NAME, CURVES_FILE
 from textclf.resume import sweep_abandoned
 from textclf.serving import log_model
-from textclf.stages.cli import run_stage
+from textclf.errors import run_cli
+from textclf.hashing import file_sha256
+from textclf.outputs import RUN_FILE
 from textclf.tracking import (
-    CHECKPOINT_TAG, artifact_store_errors, check_run_store, check_tracking_uri, ensure_experiment, file_sha256,
-    read_run_reference, retry_if_locked, store_errors, tracking_uri,
+    CHECKPOINT_TAG, TrackingStore, artifact_store_errors, check_run_store, check_tracking_uri, read_run_reference,
+    store_errors, tracking_uri,
 )
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
 
 METRICS_FILE, PER_CLASS_FILE = "metrics.json", "per_class.json"
 CONFUSION_CSV, CONFUSION_PNG = "confusion.csv", "confusion.png"
@@ -116,7 +114,7 @@ def evaluate(
     if reference.get("checkpoint_sha256") != checkpoint_sha256:
         raise TextclfError(
             f"{checkpoint}: not the checkpoint MLflow run {reference['run_id']} trained (sha256 "
-            f"{checkpoint_sha256[:12]}..., its {models_dir / 'mlflow_run.json'} says "
+            f"{checkpoint_sha256[:12]}..., its {models_dir / RUN_FILE} says "
             f"{str(reference.get('checkpoint_sha256'))[:12]}...); nothing evaluated (retrain: `dvc repro train`)"
         )
     datamodule = TextDataModule(
@@ -175,17 +173,17 @@ def per_class_f1_csv(per_class: dict[str, dict[str, float]]) -> str:
     return rows.getvalue()
 
 
-def log_figures(client: MlflowClient, run_id: str, reports_dir: Path, f1_macro: float) -> None:
+def log_figures(store: TrackingStore, run_id: str, reports_dir: Path, f1_macro: float) -> None:
     """Logs PNGs of the per-class F1 and, when train wrote training_curves.csv beside the
     reports, of the learning curves, to ``evaluation/`` of run ``run_id``."""
     from textclf import plots
 
     per_class = json.loads((reports_dir / PER_CLASS_FILE).read_text(encoding="utf-8"))
-    retry_if_locked(client.log_figure, run_id, plots.per_class_f1(per_class, f1_macro), f"evaluation/{PER_CLASS_F1_PNG}")
+    store.log_figure(run_id, plots.per_class_f1(per_class, f1_macro), f"evaluation/{PER_CLASS_F1_PNG}")
     curves = reports_dir / CURVES_FILE
     if curves.is_file():
         figure = plots.learning_curves(curves.read_text(encoding="utf-8"))
-        retry_if_locked(client.log_figure, run_id, figure, f"evaluation/{CURVES_PNG}")
+        store.log_figure(run_id, figure, f"evaluation/{CURVES_PNG}")
 
 
 def log_to_run(
@@ -199,17 +197,15 @@ def log_to_run(
     """Adds test metrics and reports, then the shipped model (the checkpoint with the
     vocabulary and labels of ``processed``), to the run that trained the checkpoint
     (``reference``: models_dir's mlflow_run.json as read when the checkpoint was loaded)."""
-    from mlflow import MlflowClient
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
 
     if reference is None:
         reference = read_run_reference(models_dir)
-    uri = tracking_uri(cfg.tracking)
-    client = retry_if_locked(MlflowClient, tracking_uri=uri)
+    store = TrackingStore(tracking_uri(cfg.tracking))
     run_id = reference["run_id"]
     try:
-        trained = retry_if_locked(client.get_run, run_id).data.tags.get(CHECKPOINT_TAG)
+        trained = store.get_run(run_id).data.tags.get(CHECKPOINT_TAG)
         if trained != reference.get("checkpoint_sha256"):
             raise TextclfError(
                 f"{models_dir}: its checkpoint (sha256 {str(reference.get('checkpoint_sha256'))[:12]}...) is not "
@@ -218,27 +214,25 @@ def log_to_run(
     except MlflowException:
         # The checkpoint came from another store (e.g. restored from a DVC cache elsewhere):
         # record the evaluation in a run of its own rather than failing.
-        experiment_id = ensure_experiment(uri, cfg.tracking.experiment_name)
-        run_id = retry_if_locked(client.create_run, experiment_id, tags={"trained_in_run": run_id}).info.run_id
+        experiment_id = store.ensure_experiment(cfg.tracking.experiment_name)
+        run_id = store.create_run(experiment_id, tags={"trained_in_run": run_id}).info.run_id
     timestamp = int(1000 * time.time())
-    logged = retry_if_locked(client.get_run, run_id).info.artifact_uri
+    logged = store.get_run(run_id).info.artifact_uri
     # Every write is retried while SQLite says "database is locked" (parallel jobs, one store).
-    retry_if_locked(
-        client.log_batch,
+    store.log_batch(
         run_id,
         metrics=[Metric(f"{TEST_PREFIX}{key}", float(value), timestamp, 0) for key, value in metrics.items()],
     )
     with artifact_store_errors(logged):
         for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG):
-            retry_if_locked(client.log_artifact, run_id, str(reports_dir / name), artifact_path="evaluation")
-        log_figures(client, run_id, reports_dir, metrics[F1_MACRO])
+            store.log_artifact(run_id, str(reports_dir / name), artifact_path="evaluation")
+        log_figures(store, run_id, reports_dir, metrics[F1_MACRO])
         # The config that trained the checkpoint (secrets masked, as train wrote it), not this
         # stage's params; its data section holds the tokenizer settings preprocess used.
         config = yaml.safe_load((models_dir / "config.yaml").read_text(encoding="utf-8"))
-        log_model(uri, run_id, models_dir / f"{CHECKPOINT_NAME}.ckpt", processed, config)  # runs:/<id>/model
-    status = retry_if_locked(client.get_run, run_id).info.status
-    if status == "RUNNING":
-        retry_if_locked(client.set_terminated, run_id)
+        log_model(store.uri, run_id, models_dir / f"{CHECKPOINT_NAME}.ckpt", processed, config)  # runs:/<id>/model
+    if store.get_run(run_id).info.status == "RUNNING":
+        store.set_terminated(run_id)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -252,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
         print(f"evaluate: {json.dumps(metrics)}")
 
-    run_stage("evaluate", stage)
+    run_cli("evaluate", stage)
 
 
 if __name__ == "__main__":

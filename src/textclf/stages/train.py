@@ -54,10 +54,12 @@ from textclf.resources import check_devices, check_memory
 from textclf.resume import (
     LAST_CHECKPOINT, RESUME_DIR, record_run, resume_lock, run_to_resume, sweep_abandoned,
 )
-from textclf.stages.cli import run_stage
+from textclf.errors import run_cli
+from textclf.hashing import file_sha256
+from textclf.provenance import run_tags
+from textclf.redact import mask_userinfo, redact_config, redact_secrets
 from textclf.tracking import (
-    CHECKPOINT_TAG, artifact_store_errors, check_tracking_uri, ensure_experiment, file_sha256, mask_userinfo, redact_config, redact_secrets,
-    retry_if_locked, run_tags, tracking_uri, write_run_reference,
+    CHECKPOINT_TAG, TrackingStore, artifact_store_errors, check_tracking_uri, tracking_uri, write_run_reference,
 )
 
 RUN_NAME_TAG = "mlflow.runName"  # a caller's name for the run (tune: <study>-trial-<n>)
@@ -196,18 +198,16 @@ def open_run(
     or on a new run; -> (logger, whether fit resumes). A resume point whose run is not in the
     store is discarded (train afresh); the run of a training killed before its first resume
     point is marked KILLED. The run is recorded in the resume directory."""
-    from mlflow import MlflowClient
-
     resume, trainer = training.resume, training.trainer
     resolved = to_dict(cfg)
-    experiment_id = ensure_experiment(uri, cfg.tracking.experiment_name)
+    store = TrackingStore(uri)
+    experiment_id = store.ensure_experiment(cfg.tracking.experiment_name)
     previous = run_to_resume(resume, uri, experiment_id)
     if resuming and previous is None:
         resuming = discard_stale(resume, uri, trainer)
-    client = MlflowClient(tracking_uri=uri)
     if previous is not None and not resuming:  # killed before its first epoch ended
-        if retry_if_locked(client.get_run, previous).info.status == "RUNNING":
-            retry_if_locked(client.set_terminated, previous, "KILLED")
+        if store.get_run(previous).info.status == "RUNNING":
+            store.set_terminated(previous, "KILLED")
     run_id = previous if resuming else None
     logger = BatchedMLFlowLogger(
         experiment_name=cfg.tracking.experiment_name,
@@ -223,8 +223,8 @@ def open_run(
         logger.log_hyperparams(redact_secrets(flatten(resolved)))
     else:
         print(f"train: resuming from {training.last} (MLflow run {run_id})", flush=True)
-        retry_if_locked(client.update_run, run_id, status="RUNNING")  # KILLED by a sweep
-        retry_if_locked(logger.experiment.set_tag, run_id, "resumed", "true")
+        store.update_run(run_id, status="RUNNING")  # KILLED by a sweep
+        store.set_tag(run_id, "resumed", "true")
     record_run(resume, logger.run_id, logger.experiment_id, uri)
     return logger, resuming
 
@@ -253,7 +253,7 @@ def deliver_outputs(
     """Rank 0, after fit: moves the best checkpoint, the config that made it (secrets masked,
     as in the run's params), the vocabulary and the run reference into ``models_dir`` as one,
     tags the run with the checkpoint's sha256, logs the config to the run and writes the curves."""
-    uri = tracking_uri(cfg.tracking)
+    store = TrackingStore(tracking_uri(cfg.tracking))
     training.best_io.flush()
     checkpoint = training.checkpoint
     best = Path(checkpoint.best_model_path) if checkpoint.best_model_path else None
@@ -267,12 +267,12 @@ def deliver_outputs(
         shutil.copyfile(processed / VOCAB_FILE, staging / VOCAB_FILE)
         # Which checkpoint this run trained: evaluate scores (and ships) only that one into the run.
         checkpoint_sha256 = file_sha256(model_file)
-        retry_if_locked(logger.experiment.set_tag, logger.run_id, CHECKPOINT_TAG, checkpoint_sha256)
-        write_run_reference(staging, logger.run_id, logger.experiment_id, checkpoint_sha256, uri)
+        store.set_tag(logger.run_id, CHECKPOINT_TAG, checkpoint_sha256)
+        write_run_reference(staging, logger.run_id, logger.experiment_id, checkpoint_sha256, store.uri)
         # A full artifact store is named as such, not as a failure to write models_dir. The run
         # shows the config at its root; evaluate logs the model (runs:/<id>/model) beside it.
-        with artifact_store_errors(retry_if_locked(logger.experiment.get_run, logger.run_id).info.artifact_uri):
-            retry_if_locked(logger.experiment.log_artifact, logger.run_id, str(config_file))
+        with artifact_store_errors(store.get_run(logger.run_id).info.artifact_uri):
+            store.log_artifact(logger.run_id, str(config_file))
         write_text(reports_dir / CURVES_FILE, training.history.to_csv())
     return TrainSummary(
         run_id=logger.run_id,
@@ -316,12 +316,12 @@ def train(
     # torch, Lightning and MLflow each takes about 0.3 s, several per training. Unfrozen at the end.
     gc.freeze()
     try:
-        with ExitStack() as held:
+        with ExitStack() as locks:
             # The global rank is certain only now (own DDP launcher, torchrun, SLURM): only rank 0
             # writes files and talks to MLflow; the other ranks never open the tracking store.
             if trainer.is_global_zero:
                 sweep_abandoned(cfg, exclude=resume)  # other trainings that died: runs KILLED
-                held.enter_context(resume_lock(resume))
+                locks.enter_context(resume_lock(resume))
             # Every rank decides alike: rank 0 changes nothing in ``resume`` before fit starts
             # (but to discard a stale resume point, which external launchers are told to rerun).
             resuming = training.last.is_file()
@@ -335,10 +335,11 @@ def train(
             shutil.rmtree(resume, ignore_errors=True)  # finished: the next run starts afresh
             return summary
     except NonFiniteLoss as error:
-        kept = (models_dir / f"{CHECKPOINT_NAME}.ckpt").is_file()
-        raise TextclfError(
+        # Still a NonFiniteLoss (tune counts the trial as diverged), now saying what was kept.
+        last_good = (models_dir / f"{CHECKPOINT_NAME}.ckpt").is_file()
+        raise NonFiniteLoss(
             f"{error}; training stopped, "
-            + (f"{models_dir} keeps the last good model" if kept else f"no model written to {models_dir}")
+            + (f"{models_dir} keeps the last good model" if last_good else f"no model written to {models_dir}")
         ) from error
     finally:
         restore_launch_state()
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         if summary is not None:
             print(f"train: {json.dumps(asdict(summary))}")
 
-    run_stage("train", stage)
+    run_cli("train", stage)
 
 
 if __name__ == "__main__":
