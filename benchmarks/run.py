@@ -27,9 +27,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
@@ -90,10 +91,18 @@ TARGETS = (
     Target("`transformer` test accuracy", _model("transformer", "test_accuracy"), 0.84, 0.80, "higher", _percent),
     Target("`best` test accuracy", _model("best", "test_accuracy"), 0.88, None, "higher", _percent),
     Target("train stage / bare loop", lambda r: r["overhead"]["ratio"], 1.05, 1.15, "lower", lambda v: f"{v:.2f}×"),
-    Target("preprocess / CountVectorizer", lambda r: r["preprocess"]["ratio"], 1.0, None, "lower", lambda v: f"{v:.2f}×"),
+    Target(
+        "preprocess / CountVectorizer", lambda r: r["preprocess"]["ratio"], 1.0, None, "lower", lambda v: f"{v:.2f}×"
+    ),
     Target("`fasttext` peak RSS", _model("fasttext", "peak_rss_mb"), 1536, None, "lower", lambda v: f"{v:.0f} MB"),
-    Target("no-op `dvc repro`", lambda r: r.get("dvc", {}).get("dvc_repro_noop_seconds"), 3, 5, "lower",
-           lambda v: f"{v:.2f} s"),
+    Target(
+        "no-op `dvc repro`",
+        lambda r: r.get("dvc", {}).get("dvc_repro_noop_seconds"),
+        3,
+        5,
+        "lower",
+        lambda v: f"{v:.2f} s",
+    ),
 )
 
 
@@ -126,7 +135,10 @@ def write_params(path: Path, overrides: list[str]) -> None:
 def run_worker(mode: str, params: Path, *extra: str) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.train_one", mode, "--params", str(params), *extra],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
@@ -196,8 +208,11 @@ def dvc_noop(work: Path, overrides: list[str], repeats: int) -> dict[str, float]
     repo.mkdir(parents=True)
     copy_repository(repo)
     compose_params(repo / "params.yaml", overrides, root=repo)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'dvc-mlflow.db'}"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'dvc-mlflow.db'}",
+    }
 
     def repro() -> None:
         result = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
@@ -257,7 +272,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"| {prep['seconds']:.1f} s | {baselines['countvectorizer_seconds']:.1f} s | {prep['ratio']:.2f}× |",
     ]
     if "dvc" in results:
-        lines.append(f"| `dvc repro`, nothing changed | {results['dvc']['dvc_repro_noop_seconds']:.2f} s | | |")  # its target: TARGETS
+        lines.append(
+            f"| `dvc repro`, nothing changed | {results['dvc']['dvc_repro_noop_seconds']:.2f} s | | |"
+        )  # its target: TARGETS
     lines += ["", *render_targets(results)]
     return "\n".join(lines) + "\n"
 
@@ -285,8 +302,11 @@ def main(argv: list[str] | None = None) -> None:
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    data = [f"data.url={Path(args.archive).resolve() if Path(args.archive).exists() else args.archive}",
-            f"data.sha256={args.sha256}", "trainer.enable_progress_bar=false"]
+    data = [
+        f"data.url={Path(args.archive).resolve() if Path(args.archive).exists() else args.archive}",
+        f"data.sha256={args.sha256}",
+        "trainer.enable_progress_bar=false",
+    ]
     paths = [f"paths.{name}={work / name}" for name in ("raw", "processed", "cache")]
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     cfg = validate(compose([*data, *paths], root=ROOT))
@@ -302,12 +322,17 @@ def main(argv: list[str] | None = None) -> None:
     download(cfg.data, cfg.paths.raw, progress=False)
     archive = cfg.paths.raw / cfg.data.archive_name
     manifest: dict[str, Any] = {}
-    prep_seconds = median_time(lambda: manifest.update(preprocess(cfg.data, archive, cfg.paths.processed)), args.repeats)
+    prep_seconds = median_time(
+        lambda: manifest.update(preprocess(cfg.data, archive, cfg.paths.processed)), args.repeats
+    )
     results["counts"] = manifest["counts"]
 
     print("scikit-learn baselines", flush=True)
     results["baselines"] = sklearn_baselines(cfg, args.repeats)
-    results["preprocess"] = {"seconds": prep_seconds, "ratio": prep_seconds / results["baselines"]["countvectorizer_seconds"]}
+    results["preprocess"] = {
+        "seconds": prep_seconds,
+        "ratio": prep_seconds / results["baselines"]["countvectorizer_seconds"],
+    }
 
     results["models"] = {}
     for name in args.models.split(","):
@@ -321,8 +346,15 @@ def main(argv: list[str] | None = None) -> None:
     params = work / "overhead.yaml"
     # The default config exactly as users run it: progress bar and per-step logging on.
     as_shipped = [o for o in data if not o.startswith("trainer.enable_progress_bar")]
-    write_params(params, [*as_shipped, *paths, f"paths.models={work / 'overhead' / 'models'}",
-                          f"paths.reports={work / 'overhead' / 'reports'}"])
+    write_params(
+        params,
+        [
+            *as_shipped,
+            *paths,
+            f"paths.models={work / 'overhead' / 'models'}",
+            f"paths.reports={work / 'overhead' / 'reports'}",
+        ],
+    )
     pipeline_runs, bare_runs = [], []
     for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
         pipeline_runs.append(run_worker("stage", params)["seconds"])

@@ -50,8 +50,9 @@ def main(archives: list[str]) -> None:
             if placeholder in build:
                 raise SystemExit(f"{archive}: the build contains {placeholder!r}, which would break the page")
         (ROOT / "plots" / "licenses" / f"{name}.LICENSE").write_bytes(license_text)
-        scripts.append(f"    <!-- {name}@{version} (BSD-3-Clause: plots/licenses/{name}.LICENSE) -->\n"
-                       f"    <script>{build}</script>")
+        scripts.append(
+            f"    <!-- {name}@{version} (BSD-3-Clause: plots/licenses/{name}.LICENSE) -->\n    <script>{build}</script>"
+        )
     order = sorted(scripts, key=lambda script: list(BUILDS).index(script.split("<!-- ")[1].split("@")[0]))
     (ROOT / "plots" / "offline.html").write_text(PAGE.format(scripts="\n".join(order)), encoding="utf-8")
 

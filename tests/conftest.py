@@ -67,7 +67,13 @@ def tiny_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 TINY_MODELS = {
     "fasttext": ["model.embed_dim=8", "model.ngram_buckets=64"],
     "lstm": ["model.embed_dim=8", "model.hidden_dim=8", "model.max_len=32"],
-    "transformer": ["model.embed_dim=8", "model.num_heads=2", "model.ff_dim=16", "model.num_layers=1", "model.max_len=32"],
+    "transformer": [
+        "model.embed_dim=8",
+        "model.num_heads=2",
+        "model.ff_dim=16",
+        "model.num_layers=1",
+        "model.max_len=32",
+    ],
 }
 
 
@@ -110,9 +116,7 @@ def tiny_config(tmp_path: Path, tiny_archive: tuple[Path, str]):
 
     def build(*extra: str, model: str = "fasttext") -> Config:
         archive, sha256 = tiny_archive
-        paths = [
-            f"paths.{name}={tmp_path / name}" for name in ("raw", "processed", "models", "reports", "cache")
-        ]
+        paths = [f"paths.{name}={tmp_path / name}" for name in ("raw", "processed", "models", "reports", "cache")]
         cfg = compose([*shrink_overrides(archive, sha256, model), *paths, *extra], root=REPO_ROOT)
         return validate(cfg)
 

@@ -26,7 +26,9 @@ def resume_point(cfg, client: MlflowClient, experiment_id: str, uri: str, key: s
     return point, run.info.run_id
 
 
-def test_dead_trainings_are_marked_killed_live_ones_left_and_old_points_deleted(tiny_config, tmp_path: Path, capsys) -> None:
+def test_dead_trainings_are_marked_killed_live_ones_left_and_old_points_deleted(
+    tiny_config, tmp_path: Path, capsys
+) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = tiny_config(f"tracking.uri={uri}", "train.resume_keep_s=3600")
     client = MlflowClient(uri)

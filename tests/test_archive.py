@@ -268,6 +268,7 @@ def sklearn_twenty():
     """scikit-learn's own strip functions, the reference (skipped where it is not installed)."""
     return pytest.importorskip("sklearn.datasets._twenty_newsgroups", reason="scikit-learn not installed")
 
+
 SAMPLES = [
     MESSAGE,
     "Subject: x\n\nbody\n\nmore\n\n\n",
@@ -305,7 +306,14 @@ def test_strip_footer_treats_dash_space_and_blank_lines_like_scikit_learn(sklear
 def test_default_tokenizer_lowercases_and_drops_single_characters() -> None:
     tokenize = Tokenizer(DEFAULT_PATTERN, lowercase=True)
     assert tokenize("The QUICK brown-fox, a I x2 42 _ café naïve") == [
-        "the", "quick", "brown", "fox", "x2", "42", "café", "naïve",
+        "the",
+        "quick",
+        "brown",
+        "fox",
+        "x2",
+        "42",
+        "café",
+        "naïve",
     ]
 
 

@@ -19,8 +19,9 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -99,7 +100,10 @@ def write_params(tmp_path: Path, *overrides: str, edit: Callable[[dict], None] |
 def run_cli(module: str, params: Path, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", module, "--params", str(params)],
-        cwd=cwd, capture_output=True, text=True, timeout=300,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env=subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{cwd / 'mlflow.db'}", **env),
     )
 
@@ -168,36 +172,44 @@ BAD_ARCHIVES: dict[str, tuple[Callable[[Path], None], str, bool]] = {
     "corrupt-gzip": (corrupted(corpus_members()), "corrupt or truncated archive", True),
     "member-dotdot": (
         with_members(file_member(f"{TRAIN}/rec.boats/../../../evil.txt", b"x")),
-        "refusing member '20news-bydate-train/rec.boats/../../../evil.txt': it escapes", False,
+        "refusing member '20news-bydate-train/rec.boats/../../../evil.txt': it escapes",
+        False,
     ),
     "member-absolute": (with_members(file_member("/tmp/evil.txt", b"x")), "refusing member '/tmp/evil.txt'", True),
     "member-symlink": (
         with_members(special_member(f"{TRAIN}/rec.boats/link", tarfile.SYMTYPE, "/etc/passwd")),
-        "refusing member '20news-bydate-train/rec.boats/link': links are not allowed", False,
+        "refusing member '20news-bydate-train/rec.boats/link': links are not allowed",
+        False,
     ),
     "member-hardlink": (
         with_members(special_member(f"{TRAIN}/rec.boats/hard", tarfile.LNKTYPE, f"{TRAIN}/rec.boats/1000")),
-        "refusing member '20news-bydate-train/rec.boats/hard': links are not allowed", False,
+        "refusing member '20news-bydate-train/rec.boats/hard': links are not allowed",
+        False,
     ),
     "member-device": (
         with_members(special_member(f"{TRAIN}/rec.boats/null", tarfile.CHRTYPE)),
-        "refusing member '20news-bydate-train/rec.boats/null': not a regular file", False,
+        "refusing member '20news-bydate-train/rec.boats/null': not a regular file",
+        False,
     ),
     "member-fifo": (
         with_members(special_member(f"{TRAIN}/rec.boats/pipe", tarfile.FIFOTYPE)),
-        "refusing member '20news-bydate-train/rec.boats/pipe': not a regular file", False,
+        "refusing member '20news-bydate-train/rec.boats/pipe': not a regular file",
+        False,
     ),
     "empty-category-in-train": (
         with_members(special_member(f"{TRAIN}/rec.empty", tarfile.DIRTYPE)),
-        "no messages in category directory '20news-bydate-train/rec.empty/'", False,
+        "no messages in category directory '20news-bydate-train/rec.empty/'",
+        False,
     ),
     "empty-category-in-test-only": (
         with_members(special_member(f"{TEST}/rec.empty", tarfile.DIRTYPE)),
-        "no messages in category directory '20news-bydate-test/rec.empty/'", False,
+        "no messages in category directory '20news-bydate-test/rec.empty/'",
+        False,
     ),
     "category-in-test-only": (
         with_members(file_member(f"{TEST}/rec.extra/1", b"Subject: hi\n\nhello there")),
-        "test groups missing from the training split: ['rec.extra']", False,
+        "test groups missing from the training split: ['rec.extra']",
+        False,
     ),
 }
 
@@ -303,7 +315,12 @@ BAD_PARAMS: dict[str, tuple[list[str], Callable[[dict], None] | None, str, bool]
     "lr-text": ([], set_value("fast", "optimizer", "lr"), "optimizer.lr", False),
     "missing-key": ([], delete("data", "sha256"), "data.sha256: missing", True),
     "missing-section-key": ([], delete("trainer", "max_epochs"), "trainer.max_epochs: missing", False),
-    "unknown-model": ([], set_value("textclf.models.nope.Nope", "model", "_target_"), "model._target_: cannot import", False),
+    "unknown-model": (
+        [],
+        set_value("textclf.models.nope.Nope", "model", "_target_"),
+        "model._target_: cannot import",
+        False,
+    ),
     "unknown-optimizer": ([], set_value("torch.optim.Nope", "optimizer", "_target_"), "optimizer._target_", False),
     "unknown-trainer": ([], set_value("lightning.pytorch.Tpu", "trainer", "_target_"), "trainer._target_", False),
 }
@@ -334,7 +351,11 @@ def test_unknown_config_group_is_named_in_one_line(tmp_path: Path, override: str
         out = tmp_path / "params.yaml"
         result = subprocess.run(
             [sys.executable, "-m", "textclf.params", str(out), override],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env=subprocess_env(),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=subprocess_env(),
         )
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
@@ -459,11 +480,15 @@ def tiny_filesystem(tmp_path: Path):
     subprocess.run(["umount", str(mount)], check=True)
 
 
-def test_a_real_full_disk_during_preprocess_is_one_line_and_leaves_nothing(tmp_path: Path, tiny_filesystem: Path) -> None:
+def test_a_real_full_disk_during_preprocess_is_one_line_and_leaves_nothing(
+    tmp_path: Path, tiny_filesystem: Path
+) -> None:
     cfg = load_params(write_params(tmp_path, f"paths.processed={tiny_filesystem / 'processed'}"))
     download(cfg.data, cfg.paths.raw, progress=False)
     with pytest.raises(TextclfError) as error:
         preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
-    assert_one_line(str(error.value), f"cannot write {cfg.paths.processed}: No space left on device (nothing was written")
+    assert_one_line(
+        str(error.value), f"cannot write {cfg.paths.processed}: No space left on device (nothing was written"
+    )
     assert isinstance(error.value.__cause__.__cause__, RuntimeError)  # torch.save's own error, not a fake
     assert list(tiny_filesystem.iterdir()) == []

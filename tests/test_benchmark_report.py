@@ -42,8 +42,12 @@ def test_a_preset_that_was_not_run_is_reported_as_not_measured() -> None:
 
 def test_the_overhead_row_shows_the_spread_of_runs_and_of_pair_ratios() -> None:
     overhead = {
-        "epochs": 6, "pipeline_seconds": 18.0, "bare_seconds": 15.0, "ratio": 1.2,
-        "pipeline_runs": [18.0, 17.0, 21.0], "bare_runs": [15.0, 16.0, 14.0],
+        "epochs": 6,
+        "pipeline_seconds": 18.0,
+        "bare_seconds": 15.0,
+        "ratio": 1.2,
+        "pipeline_runs": [18.0, 17.0, 21.0],
+        "bare_runs": [15.0, 16.0, 14.0],
     }
     cells = [cell.strip() for cell in overhead_row(overhead).strip("|").split("|")]
     assert cells == [

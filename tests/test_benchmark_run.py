@@ -20,10 +20,24 @@ def test_the_benchmark_measures_everything_it_reports(
     archive, sha256 = tiny_archive
     readme, shipped = (ROOT / "README.md").read_bytes(), (RESULTS / "latest.json").read_bytes()
     results_dir = tmp_path / "results"
-    main([
-        "--archive", str(archive), "--sha256", sha256, "--models", "fasttext", "--repeats", "1",
-        "--skip-dvc", "--work", str(tmp_path / "work"), "--results", str(results_dir), "--no-readme",
-    ])
+    main(
+        [
+            "--archive",
+            str(archive),
+            "--sha256",
+            sha256,
+            "--models",
+            "fasttext",
+            "--repeats",
+            "1",
+            "--skip-dvc",
+            "--work",
+            str(tmp_path / "work"),
+            "--results",
+            str(results_dir),
+            "--no-readme",
+        ]
+    )
 
     results = json.loads((results_dir / "latest.json").read_text(encoding="utf-8"))
     assert results["counts"]["test"] == 18 and results["counts"]["train"] + results["counts"]["val"] == 48

@@ -30,8 +30,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     experiment = client.create_experiment("textclf", artifact_location=(tmp_path / "artifacts").as_uri())
     for step, (name, model, lr, accuracy) in enumerate(RUNS):
         run = client.create_run(experiment, run_name=name, start_time=1000 + step)
-        params = {"optimizer._target_": "torch.optim.Adam", "optimizer.lr": lr, "trainer.max_epochs": "3",
-                  "train.batch_size": "8", "model.embed_dim": "8"}
+        params = {
+            "optimizer._target_": "torch.optim.Adam",
+            "optimizer.lr": lr,
+            "trainer.max_epochs": "3",
+            "train.batch_size": "8",
+            "model.embed_dim": "8",
+        }
         metrics = {"val/f1_macro": 0.5}
         if accuracy is not None:
             metrics.update({"test/accuracy": accuracy, "test/f1_macro": accuracy - 0.05, "test/loss": 1 - accuracy})
@@ -49,8 +54,17 @@ def test_runs_come_best_first_with_their_key_params_and_metrics(store: str) -> N
     rows = best_runs(store)
     assert [row["run_name"] for row in rows] == ["lstm", "ft-fast", "ft-slow", "ft-unevaluated"]
     assert list(rows[0]) == [
-        "run_id", "run_name", "model", "optimizer", "optimizer.lr", "trainer.max_epochs", "train.batch_size",
-        "model.embed_dim", "val/f1_macro", "test/accuracy", "test/f1_macro",
+        "run_id",
+        "run_name",
+        "model",
+        "optimizer",
+        "optimizer.lr",
+        "trainer.max_epochs",
+        "train.batch_size",
+        "model.embed_dim",
+        "val/f1_macro",
+        "test/accuracy",
+        "test/f1_macro",
     ]
     assert rows[0]["model"] == "LSTMClassifier" and rows[0]["optimizer"] == "Adam"
     assert rows[1]["optimizer.lr"] == "0.05" and rows[1]["test/accuracy"] == pytest.approx(0.90)
@@ -101,25 +115,51 @@ def test_params_that_differ_among_the_listed_runs_get_columns_and_equal_ones_do_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment = client.create_experiment("textclf", artifact_location=(tmp_path / "artifacts").as_uri())
-    base = {"optimizer._target_": "torch.optim.Adam", "optimizer.lr": "0.01", "data.min_freq": "2",
-            "model._target_": "textclf.models.fasttext.FastText", "model.dropout": "0.0"}
-    runs = [("seed0", {"seed": "0"}, 0.80), ("seed1", {"seed": "1"}, 0.82), ("seed2", {"seed": "2"}, 0.81),
-            ("lstm", {"seed": "0", "model._target_": "textclf.models.lstm.LSTMClassifier", "model.dropout": "0.1",
-                      "model.hidden_dim": "64"}, 0.70)]
+    base = {
+        "optimizer._target_": "torch.optim.Adam",
+        "optimizer.lr": "0.01",
+        "data.min_freq": "2",
+        "model._target_": "textclf.models.fasttext.FastText",
+        "model.dropout": "0.0",
+    }
+    runs = [
+        ("seed0", {"seed": "0"}, 0.80),
+        ("seed1", {"seed": "1"}, 0.82),
+        ("seed2", {"seed": "2"}, 0.81),
+        (
+            "lstm",
+            {
+                "seed": "0",
+                "model._target_": "textclf.models.lstm.LSTMClassifier",
+                "model.dropout": "0.1",
+                "model.hidden_dim": "64",
+            },
+            0.70,
+        ),
+    ]
     for name, params, accuracy in runs:
         run = client.create_run(experiment, run_name=name)
         logged = {**base, **params, "paths.models": str(tmp_path / name)}
-        client.log_batch(run.info.run_id, metrics=[Metric("test/accuracy", accuracy, 0, 0)],
-                         params=[Param(key, value) for key, value in logged.items()])
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric("test/accuracy", accuracy, 0, 0)],
+            params=[Param(key, value) for key, value in logged.items()],
+        )
         client.set_terminated(run.info.run_id)
 
     rows = best_runs(uri)
     extra = [key for key in rows[0] if key not in ("run_id", "run_name", "model", *KEY_PARAMS, *METRICS)]
     assert extra == ["model.dropout", "seed"]
     assert [(row["run_name"], row["seed"], row["model.dropout"]) for row in rows] == [
-        ("seed1", "1", "0.0"), ("seed2", "2", "0.0"), ("seed0", "0", "0.0"), ("lstm", "0", "0.1")]
+        ("seed1", "1", "0.0"),
+        ("seed2", "2", "0.0"),
+        ("seed0", "0", "0.0"),
+        ("lstm", "0", "0.1"),
+    ]
     three_seeds = best_runs(uri, top=3)
-    assert [key for key in three_seeds[0] if key not in ("run_id", "run_name", "model", *KEY_PARAMS, *METRICS)] == ["seed"]
+    assert [key for key in three_seeds[0] if key not in ("run_id", "run_name", "model", *KEY_PARAMS, *METRICS)] == [
+        "seed"
+    ]
 
     monkeypatch.setenv("COLUMNS", "250")
     main(["--tracking-uri", uri, "--top", "3"])

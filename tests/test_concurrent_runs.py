@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
+from tiny_run import tiny_run
 
 from textclf.errors import TextclfError
 from textclf.stages.evaluate import evaluate
 from textclf.tracking import CHECKPOINT_TAG
 
 from conftest import REPO_ROOT, shrink_overrides, subprocess_env
-from tiny_run import tiny_run
 
 TIMEOUT = 300
 

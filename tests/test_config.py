@@ -24,9 +24,7 @@ GROUPS = ("data", "model", "optimizer", "scheduler", "trainer", "tracking")
 
 def group_options() -> list[str]:
     options = [
-        f"{group}={path.stem}"
-        for group in GROUPS
-        for path in sorted((REPO_ROOT / "conf" / group).glob("*.yaml"))
+        f"{group}={path.stem}" for group in GROUPS for path in sorted((REPO_ROOT / "conf" / group).glob("*.yaml"))
     ]
     presets = sorted((REPO_ROOT / "conf" / "experiment").glob("*.yaml"))
     return options + [f"+experiment={path.stem}" for path in presets]
@@ -102,7 +100,10 @@ def test_stage_cli_reports_a_bad_value_in_one_line_and_exits_nonzero(tmp_path: P
     write_params(params, ["optimizer.lr=-1"], root=REPO_ROOT)
     result = subprocess.run(
         [sys.executable, "-m", "textclf.stages.train", "--params", str(params)],
-        cwd=tmp_path, capture_output=True, text=True, env=subprocess_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -112,10 +113,15 @@ def test_stage_cli_reports_a_bad_value_in_one_line_and_exits_nonzero(tmp_path: P
 
 def test_stage_cli_reports_missing_processed_data(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
-    write_params(params, [f"paths.processed={tmp_path / 'nothing'}", f"paths.models={tmp_path / 'models'}"], root=REPO_ROOT)
+    write_params(
+        params, [f"paths.processed={tmp_path / 'nothing'}", f"paths.models={tmp_path / 'models'}"], root=REPO_ROOT
+    )
     result = subprocess.run(
         [sys.executable, "-m", "textclf.stages.train", "--params", str(params)],
-        cwd=tmp_path, capture_output=True, text=True, env=subprocess_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: [train]")

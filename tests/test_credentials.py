@@ -117,7 +117,9 @@ def test_a_hydra_run_and_a_dvc_experiment_write_no_planted_secret_anywhere(tiny_
     home.mkdir()
     env = subprocess_env(
         MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}",
-        HOME=str(home), TEXTCLF_DOWNLOAD_AUTH=f"alice:{password}", HF_TOKEN=token,
+        HOME=str(home),
+        TEXTCLF_DOWNLOAD_AUTH=f"alice:{password}",
+        HF_TOKEN=token,
     )
     (tmp_path / "store").mkdir()
     url = f"http://127.0.0.1:{server.server_address[1]}/{archive.name}"
@@ -141,7 +143,10 @@ def test_a_hydra_run_and_a_dvc_experiment_write_no_planted_secret_anywhere(tiny_
     assert refs.strip(), "dvc exp run committed no experiment"
     objects = subprocess.run(
         "git rev-list --objects --all | cut -d' ' -f1 | git cat-file --batch",
-        shell=True, cwd=repo, capture_output=True, check=True,
+        shell=True,
+        cwd=repo,
+        capture_output=True,
+        check=True,
     ).stdout
     planted = [password.encode(), token.encode(), header.split()[1].encode()]
     assert not [secret for secret in planted if secret in objects]

@@ -13,14 +13,15 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import build_archive
 
 import textclf.data.download as download_module
 from textclf.data.archive import content_sha256
-from textclf.hashing import file_sha256
 from textclf.errors import TextclfError
+from textclf.hashing import file_sha256
 from textclf.stages.download import download
 from textclf.stages.preprocess import preprocess
+
+from conftest import build_archive
 
 UNREACHABLE = "http://corpus.invalid/20news-bydate.tar.gz"
 
@@ -98,7 +99,9 @@ def test_a_repack_of_the_corpus_is_taken_by_its_content_hash_and_preprocesses_to
     path = download(cfg.data, cfg.paths.raw, progress=False)
     assert path.read_bytes() == repacked.read_bytes()
     # Every file, manifest.json included: DVC sees the same data/processed, so train never reruns.
-    assert processed_files(cfg, path, tmp_path / "from-repack") == processed_files(cfg, archive, tmp_path / "from-original")
+    assert processed_files(cfg, path, tmp_path / "from-repack") == processed_files(
+        cfg, archive, tmp_path / "from-original"
+    )
 
 
 def test_an_unpacked_copy_is_packed_deterministically_and_preprocesses_to_the_same_bytes(
@@ -111,7 +114,9 @@ def test_an_unpacked_copy_is_packed_deterministically_and_preprocesses_to_the_sa
     second = download(cfg.data, tmp_path / "second", progress=False)
     assert first.read_bytes() == second.read_bytes()
     assert content_sha256(first) == content_sha256(archive)
-    assert processed_files(cfg, first, tmp_path / "from-directory") == processed_files(cfg, archive, tmp_path / "from-original")
+    assert processed_files(cfg, first, tmp_path / "from-directory") == processed_files(
+        cfg, archive, tmp_path / "from-original"
+    )
 
 
 @pytest.mark.parametrize("unpacked", [False, True], ids=["archive", "unpacked"])
@@ -179,11 +184,12 @@ def test_dvc_repro_then_exp_run_work_offline_from_the_data_home_with_no_data_ove
     """conf/ itself pins the tiny corpus behind an unreachable URL (as the real conf/ pins the
     real one), the data home holds a re-pack: `dvc repro` runs every stage, and a `dvc exp run`
     that recomposes params.yaml from conf/ reruns only train and evaluate."""
-    from conftest import shrink_overrides, subprocess_env
     from omegaconf import OmegaConf
     from test_dvc_pipeline import STAGES, copy_repository, run, stages_run
 
     from textclf.params import write_params
+
+    from conftest import shrink_overrides, subprocess_env
 
     archive, sha256 = tiny_archive
     home = tmp_path / "data-home"
@@ -191,14 +197,20 @@ def test_dvc_repro_then_exp_run_work_offline_from_the_data_home_with_no_data_ove
     repack(archive, home / archive.name)
     repo = copy_repository(tmp_path / "repo")
     pinned = [o for o in shrink_overrides(archive, sha256) if "." in o.split("=")[0] and not o.startswith("data.url=")]
-    tiny = OmegaConf.from_dotlist([*pinned, f"data.url={UNREACHABLE}", f"data.content_sha256={content_sha256(archive)}"])
+    tiny = OmegaConf.from_dotlist(
+        [*pinned, f"data.url={UNREACHABLE}", f"data.content_sha256={content_sha256(archive)}"]
+    )
     OmegaConf.save(tiny, repo / "conf" / "tiny.yaml")
     config = repo / "conf" / "config.yaml"
     tuned = "  - optional tuned: ${model}_${optimizer}\n"
     assert tuned in config.read_text()
     config.write_text(config.read_text().replace(tuned, tuned + "  - tiny\n"))
     write_params(repo / "params.yaml", [], root=repo)
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qam", "tiny"], cwd=repo, check=True)
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qam", "tiny"],
+        cwd=repo,
+        check=True,
+    )
 
     env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", TEXTCLF_DATA_HOME=str(home))
     first = run(["dvc", "repro"], repo, env)

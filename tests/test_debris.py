@@ -86,17 +86,30 @@ def test_a_lock_file_exists_only_while_held(tmp_path: Path) -> None:
     with path_lock(lock) as held:
         assert held and lock.exists()
         holder = subprocess.run(
-            [sys.executable, "-c", f"from textclf.locks import path_lock\nwith path_lock({str(lock)!r}, wait=False) as held: print(held)"],
-            capture_output=True, text=True, env=subprocess_env(), check=True,
+            [
+                sys.executable,
+                "-c",
+                f"from textclf.locks import path_lock\nwith path_lock({str(lock)!r}, wait=False) as held: print(held)",
+            ],
+            capture_output=True,
+            text=True,
+            env=subprocess_env(),
+            check=True,
         )
         assert holder.stdout.strip() == "False"  # another process sees it held
     assert not lock.exists()
 
     # A holder killed while holding leaves the file, unlocked: the next one takes it over.
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import time\nfrom textclf.locks import path_lock\nwith path_lock({str(lock)!r}):\n"
-         " print('held', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True, env=subprocess_env(),
+        [
+            sys.executable,
+            "-c",
+            f"import time\nfrom textclf.locks import path_lock\nwith path_lock({str(lock)!r}):\n"
+            " print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
     )
     assert holder.stdout.readline() == "held\n"
     with path_lock(lock, wait=False) as held:

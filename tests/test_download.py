@@ -118,9 +118,7 @@ def test_closed_port_falls_back_to_the_mirror(
     tiny_config, tiny_archive, closed_port: int, no_sleep: list[float], tmp_path: Path
 ) -> None:
     archive, sha = tiny_archive
-    data = tiny_config().data.model_copy(
-        update={"url": f"http://127.0.0.1:{closed_port}/x", "mirrors": [str(archive)]}
-    )
+    data = tiny_config().data.model_copy(update={"url": f"http://127.0.0.1:{closed_port}/x", "mirrors": [str(archive)]})
     path = download_stage(data, tmp_path / "raw", progress=False, retries=2, backoff=0.5)
     assert file_sha256(path) == sha
     assert no_sleep == [0.5, 1.0]  # a refused connection is transient: retried with backoff
@@ -134,9 +132,7 @@ def test_missing_file_falls_back_to_the_http_mirror_without_retrying(
     archive, sha = tiny_archive
     missing = tmp_path / "nowhere" / "missing.tar.gz"
     first = str(missing) if scheme == "path" else missing.as_uri()
-    data = tiny_config().data.model_copy(
-        update={"url": first, "mirrors": [f"{http_server}/{archive.name}"]}
-    )
+    data = tiny_config().data.model_copy(update={"url": first, "mirrors": [f"{http_server}/{archive.name}"]})
     path = download_stage(data, tmp_path / "raw", progress=False)
     assert file_sha256(path) == sha
     assert no_sleep == []  # a missing file will not appear on retry

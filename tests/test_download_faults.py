@@ -182,9 +182,7 @@ def test_a_connection_dropped_midway_restarts_cleanly(server, sleeps, tmp_path: 
     assert leftovers(tmp_path) == ["a.tar.gz"]
 
 
-def test_a_connection_dropped_every_time_fails_in_one_line_and_leaves_nothing(
-    server, sleeps, tmp_path: Path
-) -> None:
+def test_a_connection_dropped_every_time_fails_in_one_line_and_leaves_nothing(server, sleeps, tmp_path: Path) -> None:
     url = server.url("/drop")
     with pytest.raises(TextclfError) as error:
         fetch([url], tmp_path / "raw" / "a.tar.gz", retries=2)
@@ -310,9 +308,7 @@ def test_environment_credentials_go_to_the_host_of_data_url_only(
     assert server.authorization == [basic(b"alice:hunter2"), basic(b"alice:hunter2"), None, "Bearer t0ken"]
 
 
-def test_a_body_past_the_download_limit_stops_at_the_limit_and_leaves_nothing(
-    server, sleeps, tmp_path: Path
-) -> None:
+def test_a_body_past_the_download_limit_stops_at_the_limit_and_leaves_nothing(server, sleeps, tmp_path: Path) -> None:
     limit = 256 * 1024
     with pytest.raises(TextclfError) as error:
         download([server.url("/endless")], tmp_path / "raw" / "a.tar.gz", SHA256, progress=False, max_bytes=limit)
@@ -332,8 +328,9 @@ def test_a_content_length_past_the_download_limit_is_refused_before_reading(serv
     assert f"{server.url('/huge')}: Content-Length 1000000000000 is over data.max_download_bytes=1048576" in message
     assert "\n" not in message and leftovers(tmp_path / "raw") == []
     # ... and the next URL is tried: another server may have the right file.
-    target = download([server.url("/huge"), server.url("/ok")], tmp_path / "a.tar.gz", SHA256, progress=False,
-                      max_bytes=len(PAYLOAD))
+    target = download(
+        [server.url("/huge"), server.url("/ok")], tmp_path / "a.tar.gz", SHA256, progress=False, max_bytes=len(PAYLOAD)
+    )
     assert target.read_bytes() == PAYLOAD  # exactly at the limit: kept
 
 
@@ -358,9 +355,7 @@ def test_a_local_file_past_the_download_limit_is_refused(sleeps, tmp_path: Path)
 
 def test_the_stage_retries_then_uses_the_mirrors(server, sleeps, tiny_config, tmp_path: Path) -> None:
     cfg = tiny_config()
-    data = cfg.data.model_copy(
-        update={"url": server.url("/flaky/1"), "mirrors": [server.url("/ok")], "sha256": SHA256}
-    )
+    data = cfg.data.model_copy(update={"url": server.url("/flaky/1"), "mirrors": [server.url("/ok")], "sha256": SHA256})
     path = download_stage(data, cfg.paths.raw, progress=False, retries=1, backoff=0.01, timeout=TIMEOUT)
     assert path == cfg.paths.raw / cfg.data.archive_name and path.read_bytes() == PAYLOAD
     assert server.hits["/flaky/1"] == 2 and server.hits["/ok"] == 0 and sleeps == [0.01]

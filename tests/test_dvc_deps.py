@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO_ROOT, shrink_overrides, subprocess_env
 from test_dvc_pipeline import copy_repository, run, stages_run
 
 from textclf.params import write_params
+
+from conftest import REPO_ROOT, shrink_overrides, subprocess_env
 
 SOURCE = REPO_ROOT / "src"
 PACKAGE = SOURCE / "textclf"
@@ -39,6 +40,7 @@ def conf_targets() -> set[str]:
                 targets.add(value.split("#")[0].strip())
     assert targets, "conf/ names no textclf target"
     return targets
+
 
 LOADED = (
     "import importlib, json, sys; importlib.import_module(sys.argv[1]); "
@@ -94,8 +96,12 @@ def referenced_modules(name: str, path: Path) -> set[str]:
 def stage_modules(stage: str) -> set[str]:
     entry = DVC_YAML["stages"][stage]["cmd"].split()[2]  # python -m textclf.stages.<name>
     loaded = subprocess.run(
-        [sys.executable, "-c", LOADED, entry], cwd=REPO_ROOT, env=subprocess_env(),
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", LOADED, entry],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        check=True,
     )
     modules = set(json.loads(loaded.stdout.splitlines()[-1]))
     assert entry in modules

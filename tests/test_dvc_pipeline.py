@@ -22,10 +22,16 @@ STAGES = ("download", "preprocess", "train", "evaluate")
 def copy_repository(target: Path) -> Path:
     """Copies the files of this repository that git would commit (tracked, and new files it
     does not ignore) into a fresh git repo at ``target``."""
-    tracked = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT, capture_output=True, check=True,
-    ).stdout.decode().split("\0")
+    tracked = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, tracked):
         source = REPO_ROOT / name
         if source.is_file():
@@ -70,7 +76,9 @@ def test_dvc_repro_runs_all_stages_then_only_what_changed(repo: Path, tiny_archi
     client = MlflowClient(uri)
     (run_record,) = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
     assert run_record.data.params["data.min_freq"] == "1"
-    assert {"train/loss_epoch", "val/loss", "val/accuracy", "val/f1_macro", "test/accuracy", "test/f1_macro"} <= set(run_record.data.metrics)
+    assert {"train/loss_epoch", "val/loss", "val/accuracy", "val/f1_macro", "test/accuracy", "test/f1_macro"} <= set(
+        run_record.data.metrics
+    )
     assert "config.yaml" in {a.path for a in client.list_artifacts(run_record.info.run_id)}
     logged = {a.path for a in client.list_artifacts(run_record.info.run_id, "evaluation")}
     assert {"evaluation/confusion.png", "evaluation/per_class_f1.png", "evaluation/training_curves.png"} <= logged
@@ -117,12 +125,17 @@ def test_a_dvc_experiment_of_a_clean_checkout_is_clean_and_named_and_a_source_ed
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = subprocess_env(MLFLOW_TRACKING_URI=uri)
     overrides = [argument for override in shrink_overrides(archive, sha256) for argument in ("-S", override)]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
     run(["dvc", "exp", "run", "--name", "clean-tiny", *overrides], repo, env)
     source = repo / "src" / "textclf" / "models" / "fasttext.py"
     source.write_text(source.read_text() + "\n# an edit that is in no commit\n")
-    assert stages_run(run(["dvc", "exp", "run", "--name", "edited-tiny", *overrides], repo, env)) == ["train", "evaluate"]
+    assert stages_run(run(["dvc", "exp", "run", "--name", "edited-tiny", *overrides], repo, env)) == [
+        "train",
+        "evaluate",
+    ]
 
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])

@@ -13,6 +13,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_bad_input import (
+    TRAIN,
+    assert_cli_failed,
+    assert_nothing_half_written,
+    assert_one_line,
+    corpus_members,
+    file_member,
+    run_cli,
+    set_value,
+    special_member,
+    write_archive,
+    write_params,
+)
 
 from textclf import predict, serving
 from textclf.config import load_params
@@ -23,29 +36,32 @@ from textclf.stages.preprocess import RESERVED_CLASS_NAMES, preprocess
 from textclf.stages.train import train
 
 from conftest import REPO_ROOT, subprocess_env
-from test_bad_input import (
-    TRAIN, assert_cli_failed, assert_nothing_half_written, assert_one_line, corpus_members, file_member, run_cli,
-    set_value, special_member, write_archive, write_params,
-)
 
 NOT_UTF8 = b"rec.caf\xe9".decode("utf-8", "surrogateescape")  # how tarfile decodes a Latin-1 name
 
 BAD_CORPORA = {
     # row: (extra archive members, overrides, what the one line must say)
     "class-named-label": (
-        [special_member(f"{TRAIN}/label", tarfile.DIRTYPE), file_member(f"{TRAIN}/label/1", b"Subject: x\n\nhull mast")],
-        [], f"category directory '{TRAIN}/label/': a class may not be named 'label'",
+        [
+            special_member(f"{TRAIN}/label", tarfile.DIRTYPE),
+            file_member(f"{TRAIN}/label/1", b"Subject: x\n\nhull mast"),
+        ],
+        [],
+        f"category directory '{TRAIN}/label/': a class may not be named 'label'",
     ),
     "class-named-probability": (
         [file_member(f"{TRAIN}/probability/1", b"Subject: x\n\nhull mast")],
-        [], "a class may not be named 'probability'",
+        [],
+        "a class may not be named 'probability'",
     ),
     "class-name-not-utf8": (
         [file_member(f"{TRAIN}/{NOT_UTF8}/1", b"Subject: x\n\nhull mast")],
-        [], f"member '{TRAIN}/rec.caf\\xe9/1': its category directory name is not valid UTF-8",
+        [],
+        f"member '{TRAIN}/rec.caf\\xe9/1': its category directory name is not valid UTF-8",
     ),
     "empty-validation-split": (
-        [], ["data.val_fraction=0.001"],
+        [],
+        ["data.val_fraction=0.001"],
         "data.val_fraction=0.001 holds out no validation document from 18 training documents in 3 classes "
         "(at most 6 per class); set data.val_fraction to at least 0.17",
     ),
@@ -99,7 +115,9 @@ TRAIN_ROWS = {
 
 
 @pytest.mark.parametrize("row", list(TRAIN_ROWS))
-def test_a_config_this_machine_cannot_train_stops_before_any_work(prepared, mlflow_uri: str, tmp_path: Path, row: str) -> None:
+def test_a_config_this_machine_cannot_train_stops_before_any_work(
+    prepared, mlflow_uri: str, tmp_path: Path, row: str
+) -> None:
     if row == "gpu-without-gpu" and torch.cuda.is_available():
         pytest.skip("a GPU is visible here")
     overrides, named = TRAIN_ROWS[row]
@@ -147,12 +165,23 @@ def test_a_missing_gpu_is_one_line_from_the_train_stage_and_the_hydra_app(prepar
         return
     (tmp_path / "conf").symlink_to(REPO_ROOT / "conf")
     result = subprocess.run(
-        [sys.executable, "-m", "textclf", "trainer=gpu", f"hydra.run.dir={tmp_path / 'outputs'}",
-         f"paths.cache={tmp_path / 'cache'}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "textclf",
+            "trainer=gpu",
+            f"hydra.run.dir={tmp_path / 'outputs'}",
+            f"paths.cache={tmp_path / 'cache'}",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env=subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}"),
     )
     assert result.returncode == 1, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: trainer.accelerator=gpu: no CUDA GPU"), result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: trainer.accelerator=gpu: no CUDA GPU"), (
+        result.stderr
+    )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "cache").exists()  # not even the download started

@@ -55,7 +55,10 @@ def test_a_failed_swap_keeps_the_old_directory(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(TextclfError) as error:
         with staged_dir(target) as staging:
             (staging / "b.txt").write_text("new")
-    assert str(error.value) == f"cannot write {target}: No space left on device (nothing was written; free space and rerun)"
+    assert (
+        str(error.value)
+        == f"cannot write {target}: No space left on device (nothing was written; free space and rerun)"
+    )
     assert contents(target) == {"a.txt": b"old"}  # put back, untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
@@ -78,7 +81,9 @@ class FullDisk:
         self.handle.close()
 
 
-def test_a_full_disk_while_writing_reports_leaves_nothing(tiny_config, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_while_writing_reports_leaves_nothing(
+    tiny_config, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg = tiny_config("trainer.max_epochs=1")
     download(cfg.data, cfg.paths.raw, progress=False)
     preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
@@ -98,7 +103,11 @@ def test_an_unknown_config_group_is_one_line_from_the_hydra_app(tmp_path: Path) 
     (tmp_path / "conf").symlink_to(REPO_ROOT / "conf")
     result = subprocess.run(
         [sys.executable, "-m", "textclf", "model=nope"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=subprocess_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -128,5 +137,9 @@ def test_servers_the_project_starts_listen_on_loopback_only() -> None:
     assert "listen_addresses=127.0.0.1" in script
     hosts = [line.split("--host", 1)[1].split()[0] for line in script.splitlines() if "--host" in line]
     assert hosts == ["127.0.0.1"]
-    shipped = [*REPO_ROOT.joinpath("scripts").iterdir(), *REPO_ROOT.joinpath("src").rglob("*.py"), REPO_ROOT / "README.md"]
+    shipped = [
+        *REPO_ROOT.joinpath("scripts").iterdir(),
+        *REPO_ROOT.joinpath("src").rglob("*.py"),
+        REPO_ROOT / "README.md",
+    ]
     assert [str(path) for path in shipped if "0.0.0.0" in path.read_text()] == []

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from test_dvc_pipeline import STAGES, copy_repository, run, stages_run
 
 from textclf.params import write_params
 
 from conftest import REPO_ROOT, assert_same_weights, shrink_overrides, subprocess_env
-from test_dvc_pipeline import STAGES, copy_repository, run, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +53,9 @@ def test_concurrent_repros_then_an_old_commit_reproduces_its_run(tiny_archive, t
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # fresh: both pipelines also create it
     env = subprocess_env(MLFLOW_TRACKING_URI=uri)
     repros = [
-        subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            ["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         for repo in (first, second)
     ]
     try:
@@ -89,23 +91,39 @@ def test_concurrent_repros_then_an_old_commit_reproduces_its_run(tiny_archive, t
     recorded = runs[commit_a].data.metrics
     assert {key: metrics[key] for key in METRICS} == {key: recorded[f"test/{key}"] for key in METRICS}
     assert_same_weights(first / "models" / "model.ckpt", second / "models" / "model.ckpt")
-    assert (first / "reports" / "training_curves.csv").read_text() == (second / "reports" / "training_curves.csv").read_text()
+    assert (first / "reports" / "training_curves.csv").read_text() == (
+        second / "reports" / "training_curves.csv"
+    ).read_text()
     rerun = [r for r in client.search_runs([experiment]) if r.info.run_id not in {x.info.run_id for x in runs.values()}]
     assert [r.data.tags["mlflow.source.git.commit"] for r in rerun] == [commit_a]
 
 
-def test_hydra_jobs_with_the_same_config_are_bitwise_equal_on_one_and_two_processes(tiny_archive, tmp_path: Path) -> None:
+def test_hydra_jobs_with_the_same_config_are_bitwise_equal_on_one_and_two_processes(
+    tiny_archive, tmp_path: Path
+) -> None:
     cwd = tmp_path / "work"
     cwd.mkdir()
     (cwd / "conf").symlink_to(REPO_ROOT / "conf")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # Jobs 0, 1: one process; jobs 2, 3: two DDP processes (gloo). The run name only labels.
     result = subprocess.run(
-        [sys.executable, "-m", "textclf", "-m", *shrink_overrides(*tiny_archive), "trainer.accelerator=cpu",
-         "trainer.devices=1,2", "tracking.run_name=first,again", "hydra.sweep.dir=sweep"],
+        [
+            sys.executable,
+            "-m",
+            "textclf",
+            "-m",
+            *shrink_overrides(*tiny_archive),
+            "trainer.accelerator=cpu",
+            "trainer.devices=1,2",
+            "tracking.run_name=first,again",
+            "hydra.sweep.dir=sweep",
+        ],
         # TEXTCLF_FORCE: train the repeated config again rather than skip it as finished.
-        cwd=cwd, env=subprocess_env(MLFLOW_TRACKING_URI=uri, TEXTCLF_FORCE="1"),
-        capture_output=True, text=True, timeout=PROCESS_TIMEOUT,
+        cwd=cwd,
+        env=subprocess_env(MLFLOW_TRACKING_URI=uri, TEXTCLF_FORCE="1"),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in (cwd / "sweep" / "2" / "train_ddp_process_1.log").read_text()

@@ -52,9 +52,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def uninterrupted(corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same training, never interrupted (in this process, a store of its own); evaluated."""
     root = tmp_path_factory.mktemp("uninterrupted")
-    cfg = validate(compose(
-        [*overrides(*corpus), *paths(root), f"tracking.uri=sqlite:///{root / 'mlflow.db'}"], root=REPO_ROOT
-    ))
+    cfg = validate(
+        compose([*overrides(*corpus), *paths(root), f"tracking.uri=sqlite:///{root / 'mlflow.db'}"], root=REPO_ROOT)
+    )
     download(cfg.data, cfg.paths.raw, progress=False)
     preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
     train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO_ROOT, shrink_overrides, subprocess_env
 
 # Lines seen before textclf.logs: none calls for action.
@@ -53,6 +54,8 @@ def test_a_hydra_run_and_predict_print_no_known_noise_and_no_line_twice(tiny_arc
     (summary,) = [line for line in run if line.startswith("textclf: {")]
     run_id = re.search(r"'run_id': '([0-9a-f]+)'", summary).group(1)
 
-    predicted = printed([sys.executable, "-m", "textclf.predict", "--run-id", run_id, "sail hull mast", "yeast flour oven"], cwd, env)
+    predicted = printed(
+        [sys.executable, "-m", "textclf.predict", "--run-id", run_id, "sail hull mast", "yeast flour oven"], cwd, env
+    )
     assert_quiet(predicted)
     assert [line.split()[0] for line in predicted] == ["rec.boats", "talk.bread"]

@@ -38,8 +38,11 @@ def test_the_checkpoint_is_the_best_epoch_by_train_monitor_in_its_direction(tiny
 
 def test_the_dvc_training_curves_plot_names_the_columns_train_writes() -> None:
     pipeline = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))
-    (plot,) = [p["${paths.reports}/training_curves.csv"] for p in pipeline["plots"]
-               if isinstance(p, dict) and "${paths.reports}/training_curves.csv" in p]
+    (plot,) = [
+        p["${paths.reports}/training_curves.csv"]
+        for p in pipeline["plots"]
+        if isinstance(p, dict) and "${paths.reports}/training_curves.csv" in p
+    ]
     assert [plot["x"], *plot["y"]] == [metrics.CURVE_COLUMNS[0], *metrics.CURVE_COLUMNS[2:]]
     assert set(plots.CURVE_PANELS) == set(metrics.CURVES)  # the MLflow PNG draws every curve
     assert "train.monitor" in pipeline["stages"]["train"]["params"]

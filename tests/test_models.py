@@ -111,7 +111,7 @@ def test_sparse_tables_are_stepped_by_sparse_adam_with_the_scheduled_lr() -> Non
     model = nn.Sequential(nn.EmbeddingBag(20, 4, mode="sum", sparse=True), nn.Linear(4, 2))
     optimizer = build_optimizer(lambda params: torch.optim.Adam(params, lr=0.1), model)
     assert isinstance(optimizer, DenseSparseOptimizer)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5**step)
     table_before = model[0].weight.detach().clone()
     linear_before = model[1].weight.detach().clone()
 

@@ -48,15 +48,23 @@ def test_multirun_gives_one_mlflow_run_per_job_and_shares_processed_data(tiny_ar
     assert len(processed_entries(cwd)) == 1  # equal data params: preprocessed once
 
     # Different preprocessing params must never reuse a processed dataset.
-    sweep(cwd, env, *[o for o in shared if not o.startswith("data.min_freq")], "data.min_freq=1,2",
-          *TINY_MODELS["fasttext"])
+    sweep(
+        cwd,
+        env,
+        *[o for o in shared if not o.startswith("data.min_freq")],
+        "data.min_freq=1,2",
+        *TINY_MODELS["fasttext"],
+    )
     assert len(client.search_runs([experiment])) == 4
     assert len(processed_entries(cwd)) == 2  # min_freq=1 reused, min_freq=2 is new
 
 
 def test_help_lists_config_groups() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "textclf", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "textclf", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
         env=subprocess_env(),
     )
     assert result.returncode == 0

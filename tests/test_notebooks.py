@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+from tiny_run import LABELS, tiny_run
 
 from textclf.stages.download import download
 from textclf.stages.preprocess import preprocess
 from textclf.tracking import mlflow_tracking_uri
 
 from conftest import REPO_ROOT
-from tiny_run import LABELS, tiny_run
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 

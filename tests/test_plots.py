@@ -46,6 +46,9 @@ def test_per_class_f1_is_a_declared_dvc_bar_plot() -> None:
     pipeline = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
     assert "${paths.reports}/per_class_f1.csv" in pipeline["stages"]["evaluate"]["outs"]
     assert "${paths.reports}/training_curves.csv" in pipeline["stages"]["evaluate"]["deps"]
-    (plot,) = [p["${paths.reports}/per_class_f1.csv"] for p in pipeline["plots"] if isinstance(p, dict)
-               and "${paths.reports}/per_class_f1.csv" in p]
+    (plot,) = [
+        p["${paths.reports}/per_class_f1.csv"]
+        for p in pipeline["plots"]
+        if isinstance(p, dict) and "${paths.reports}/per_class_f1.csv" in p
+    ]
     assert plot["template"].startswith("bar_horizontal") and (plot["x"], plot["y"]) == ("f1", "class")

@@ -9,12 +9,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import subprocess_env
 from test_dvc_pipeline import copy_repository, run
+
+from conftest import subprocess_env
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
+CHROMIUM = next(
+    (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
+)
 
 
 def write_reports(reports: Path) -> None:
@@ -60,9 +63,20 @@ def test_the_plots_page_renders_every_chart_offline_in_headless_chromium(page: P
     """Chromium, its every network request sent to a closed port, draws the three vega charts
     (a canvas each, vega's "marks") beside the PNG."""
     result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=8000",
-         "--proxy-server=127.0.0.1:9", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=8000",
+            "--proxy-server=127.0.0.1:9",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert len(re.findall(r'<canvas[^>]*class="marks"', result.stdout)) == 3, result.stdout[-2000:]

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from tiny_run import LABELS, TEXTS, TinyRun, tiny_run
 
 from textclf.errors import TextclfError
 from textclf.predict import latest_run_id, main, predict, read_texts, register, run_model_uri
 
 from conftest import REPO_ROOT, subprocess_env
-from tiny_run import LABELS, TEXTS, TinyRun, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,9 @@ def test_a_latin1_file_is_decoded_as_preprocess_decodes_the_corpus(tmp_path: Pat
     with pytest.raises(UnicodeDecodeError):
         file.read_text(encoding="utf-8")  # what used to crash predict --file
     assert read_texts([], file, io.StringIO("ignored")) == ["café crème", "naïve", "wait\x85 one line"]
-    assert read_texts([], None, io.TextIOWrapper(io.BytesIO(file.read_bytes()))) == read_texts([], file, io.StringIO(""))
+    assert read_texts([], None, io.TextIOWrapper(io.BytesIO(file.read_bytes()))) == read_texts(
+        [], file, io.StringIO("")
+    )
 
 
 def test_main_prints_a_line_per_text_or_json(run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -124,7 +126,11 @@ def test_the_cli_classifies_stdin_with_the_champion(run: TinyRun) -> None:
     predicted = subprocess.run(
         [sys.executable, "-m", "textclf.predict", "--model-uri", "models:/cli@champion"],
         input="\n".join(TEXTS.values()) + "\n",
-        env=subprocess_env(MLFLOW_TRACKING_URI=run.uri), cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        env=subprocess_env(MLFLOW_TRACKING_URI=run.uri),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert [line.split()[0] for line in predicted.stdout.splitlines()] == list(TEXTS)

@@ -27,7 +27,7 @@ from textclf.data.encoded import (
     stratified_holdout,
 )
 from textclf.errors import TextclfError
-from textclf.stages.preprocess import token_ids_in_own_numbering, preprocess, second_process
+from textclf.stages.preprocess import preprocess, second_process, token_ids_in_own_numbering
 
 TRAIN, TEST = "20news-bydate-train", "20news-bydate-test"
 EXPECTED_FILES = {"train.pt", "val.pt", "test.pt", "vocab.txt", "labels.json", "manifest.json"}
@@ -222,9 +222,7 @@ def test_remove_strips_words_from_the_vocabulary(
 # --- a corpus with known tokens ----------------------------------------------------------
 
 
-def test_vocabulary_comes_from_kept_training_documents_only(
-    tiny_config, marked_archive: Path, tmp_path: Path
-) -> None:
+def test_vocabulary_comes_from_kept_training_documents_only(tiny_config, marked_archive: Path, tmp_path: Path) -> None:
     data = tiny_config().data  # min_freq 1, val_fraction 0.25
     out = tmp_path / "processed"
     manifest = preprocess(data, marked_archive, out)
@@ -252,9 +250,7 @@ def test_vocabulary_comes_from_kept_training_documents_only(
     assert val.labels.tolist() == [labels[i] for i in held]
     assert documents(val) == [[index[words[labels[i]]], index["shared"], UNK_ID] for i in held]
     train = EncodedSplit.load(out / "train.pt")
-    assert documents(train) == [
-        [index[words[labels[i]]], index["shared"], index[marker(*position[i])]] for i in kept
-    ]
+    assert documents(train) == [[index[words[labels[i]]], index["shared"], index[marker(*position[i])]] for i in kept]
 
 
 def test_test_groups_must_exist_in_training(tiny_config, tmp_path: Path) -> None:

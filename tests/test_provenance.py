@@ -8,7 +8,6 @@ from importlib import metadata
 from pathlib import Path
 
 import yaml
-
 from mlflow import MlflowClient
 
 from textclf.redact import MASK

@@ -59,7 +59,9 @@ def test_a_rerun_sweep_skips_finished_jobs_and_force_trains_again(tiny_archive, 
 
     # Start the 3-job sweep and kill it (the whole process group, no clean-up) once a job is done.
     with open(tmp_path / "first.log", "w") as log:
-        process = subprocess.Popen(sweep, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            sweep, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + SWEEP_TIMEOUT_SECONDS
         while not any_job_finished(tmp_path / "mlflow.db"):
             assert process.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
@@ -84,7 +86,11 @@ def test_a_rerun_sweep_skips_finished_jobs_and_force_trains_again(tiny_archive, 
 
     # TEXTCLF_FORCE=1 trains a finished job again.
     forced = subprocess.run(
-        [*sweep[:-1], "seed=0"], cwd=cwd, env={**env, "TEXTCLF_FORCE": "1"}, capture_output=True, text=True,
+        [*sweep[:-1], "seed=0"],
+        cwd=cwd,
+        env={**env, "TEXTCLF_FORCE": "1"},
+        capture_output=True,
+        text=True,
         timeout=SWEEP_TIMEOUT_SECONDS,
     )
     assert forced.returncode == 0, forced.stdout[-3000:] + forced.stderr[-3000:]

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
+from test_dvc_pipeline import STAGES, copy_repository, run, stages_run
 
 from textclf.config import Config, load_params, validate
 from textclf.distributed import launch_state_restorer
@@ -31,7 +32,6 @@ from textclf.stages.preprocess import preprocess
 from textclf.tracking import retry_if_locked
 
 from conftest import REPO_ROOT, TINY_MODELS, shrink_overrides, subprocess_env
-from test_dvc_pipeline import STAGES, copy_repository, run, stages_run
 
 TEST_SPLIT_SIZE = 18  # tiny archive: 3 groups x 6 test messages
 PROCESS_TIMEOUT = 300  # seconds for any one command; a hang fails the test instead of the suite
@@ -142,8 +142,11 @@ def test_train_stage_on_two_cpu_processes(tmp_path: Path, tiny_archive) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = subprocess.run(
         [sys.executable, "-m", "textclf.stages.train", "--params", str(params)],
-        cwd=tmp_path, env=subprocess_env(MLFLOW_TRACKING_URI=uri),
-        capture_output=True, text=True, timeout=PROCESS_TIMEOUT,
+        cwd=tmp_path,
+        env=subprocess_env(MLFLOW_TRACKING_URI=uri),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -157,24 +160,42 @@ def test_train_stage_on_two_cpu_processes(tmp_path: Path, tiny_archive) -> None:
 @pytest.mark.slow
 def test_train_stage_on_two_nodes_with_torchrun(tmp_path: Path, tiny_archive) -> None:
     params = stage_params(
-        tmp_path, tiny_archive,
-        "trainer.accelerator=cpu", "trainer.devices=1", "trainer.num_nodes=2", "trainer.strategy=ddp",
+        tmp_path,
+        tiny_archive,
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.num_nodes=2",
+        "trainer.strategy=ddp",
     )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     torchrun = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-        "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "--max-restarts=0",
-        "-m", "textclf.stages.train", "--params", str(params),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc-per-node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=127.0.0.1:{free_port()}",
+        "--max-restarts=0",
+        "-m",
+        "textclf.stages.train",
+        "--params",
+        str(params),
     ]
     logs = [tmp_path / f"node{rank}.log" for rank in (0, 1)]
     nodes = []
     try:
         for log in logs:  # two "nodes" on one machine, meeting over loopback
             with log.open("w") as handle:
-                nodes.append(subprocess.Popen(
-                    torchrun, cwd=tmp_path, env=subprocess_env(MLFLOW_TRACKING_URI=uri),
-                    stdout=handle, stderr=subprocess.STDOUT,
-                ))
+                nodes.append(
+                    subprocess.Popen(
+                        torchrun,
+                        cwd=tmp_path,
+                        env=subprocess_env(MLFLOW_TRACKING_URI=uri),
+                        stdout=handle,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
         deadline = time.monotonic() + PROCESS_TIMEOUT
         codes = [node.wait(timeout=max(1.0, deadline - time.monotonic())) for node in nodes]
     finally:
@@ -197,8 +218,11 @@ def test_train_stage_on_two_nodes_with_torchrun(tmp_path: Path, tiny_archive) ->
 def sweep(cwd: Path, uri: str, *overrides: str) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "textclf", "-m", *overrides],
-        cwd=cwd, env=subprocess_env(MLFLOW_TRACKING_URI=uri),
-        capture_output=True, text=True, timeout=PROCESS_TIMEOUT,
+        cwd=cwd,
+        env=subprocess_env(MLFLOW_TRACKING_URI=uri),
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -221,8 +245,13 @@ def shared_overrides(tiny_archive: tuple[Path, str]) -> list[str]:
 def test_multirun_jobs_each_train_on_two_cpu_processes(sweep_dir: Path, tiny_archive, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweep(
-        sweep_dir, uri, *shared_overrides(tiny_archive), "model=fasttext,lstm", "model.embed_dim=8",
-        "trainer.accelerator=cpu", "trainer.devices=2",
+        sweep_dir,
+        uri,
+        *shared_overrides(tiny_archive),
+        "model=fasttext,lstm",
+        "model.embed_dim=8",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
     )
     runs = finished_runs(uri, 2)
     assert sorted(r.data.tags["model"] for r in runs) == ["FastText", "LSTMClassifier"]
@@ -243,8 +272,14 @@ def test_multirun_jobs_each_train_on_two_cpu_processes(sweep_dir: Path, tiny_arc
 def test_joblib_sweep_runs_jobs_in_parallel_on_one_sqlite_store(sweep_dir: Path, tiny_archive, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # fresh: the parallel jobs also create it
     output = sweep(
-        sweep_dir, uri, *shared_overrides(tiny_archive), *TINY_MODELS["fasttext"], "model=fasttext",
-        "seed=0,1,2,3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        sweep_dir,
+        uri,
+        *shared_overrides(tiny_archive),
+        *TINY_MODELS["fasttext"],
+        "model=fasttext",
+        "seed=0,1,2,3",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
     )
     assert "Joblib.Parallel(n_jobs=2" in output
     runs = finished_runs(uri, 4)
@@ -289,7 +324,11 @@ def test_dvc_queue_with_two_workers_logs_to_the_parent_store(tmp_path: Path, tin
         run(args, repo, env)
     try:
         started = subprocess.run(
-            ["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, capture_output=True, text=True,
+            ["dvc", "queue", "start", "-j", "2"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
             timeout=PROCESS_TIMEOUT,
         )
         assert started.returncode == 0, started.stdout + started.stderr
@@ -317,7 +356,9 @@ def postgres_installable() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not postgres_installable(), reason="PostgreSQL is not installed and cannot be (not root, no apt-get)")
+@pytest.mark.skipif(
+    not postgres_installable(), reason="PostgreSQL is not installed and cannot be (not root, no apt-get)"
+)
 def test_mlflow_server_on_postgres_records_train_and_evaluate(tiny_config, monkeypatch: pytest.MonkeyPatch) -> None:
     from textclf.stages.evaluate import evaluate
     from textclf.stages.train import train
@@ -329,7 +370,11 @@ def test_mlflow_server_on_postgres_records_train_and_evaluate(tiny_config, monke
     env = subprocess_env(MLFLOW_SERVER_DIR=str(state), START_TIMEOUT="180")
     try:
         started = subprocess.run(
-            ["bash", str(SERVER_SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=PROCESS_TIMEOUT,
+            ["bash", str(SERVER_SCRIPT), "start"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TIMEOUT,
         )
         assert started.returncode == 0, started.stdout + started.stderr
         uri = started.stdout.strip().splitlines()[-1]
@@ -355,7 +400,11 @@ def test_mlflow_server_on_postgres_records_train_and_evaluate(tiny_config, monke
         assert list((state / "artifacts").rglob("checkpoint.ckpt"))  # the logged model's weights
     finally:
         stopped = subprocess.run(
-            ["bash", str(SERVER_SCRIPT), "stop"], env=env, capture_output=True, text=True, timeout=120,
+            ["bash", str(SERVER_SCRIPT), "stop"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         shutil.rmtree(state, ignore_errors=True)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr

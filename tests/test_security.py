@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import get_object
+from tiny_run import TinyRun, tiny_run
 
 from textclf.errors import TextclfError
 from textclf.models.classifier import TextClassifier
@@ -24,7 +25,6 @@ from textclf.stages.evaluate import load_checkpoint
 from textclf.stages.preprocess import preprocess
 
 from conftest import build_archive
-from tiny_run import TinyRun, tiny_run
 
 
 class RunsCode:
@@ -50,12 +50,25 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
 
 
 HYPERPARAMETERS = {  # what TextClassifier saves: a tiny fasttext, Adam, cosine
-    "model": {"_target_": "textclf.models.fasttext.FastText", "embed_dim": 4, "ngram_buckets": 8,
-              "dropout": 0.0, "weighting": "mean", "sparse": False, "max_len": None},
+    "model": {
+        "_target_": "textclf.models.fasttext.FastText",
+        "embed_dim": 4,
+        "ngram_buckets": 8,
+        "dropout": 0.0,
+        "weighting": "mean",
+        "sparse": False,
+        "max_len": None,
+    },
     "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.01, "weight_decay": 0.0},
-    "scheduler": {"_target_": "textclf.models.schedules.cosine", "_partial_": True,
-                  "warmup_fraction": 0.1, "min_lr_ratio": 0.0},
-    "vocab_size": 10, "num_classes": 3, "label_smoothing": 0.0,
+    "scheduler": {
+        "_target_": "textclf.models.schedules.cosine",
+        "_partial_": True,
+        "warmup_fraction": 0.1,
+        "min_lr_ratio": 0.0,
+    },
+    "vocab_size": 10,
+    "num_classes": 3,
+    "label_smoothing": 0.0,
 }
 
 
@@ -70,8 +83,11 @@ def payloads(marker: Path) -> dict[str, dict]:
         "subprocess.run": {"_target_": "subprocess.run", "args": ["mkdir", str(marker)]},
         "builtins.exec": {"_target_": "builtins.exec", "_args_": [f"import os; os.mkdir({str(marker)!r})"]},
         # The issue's file: torch.load with weights_only off, over an in-memory pickle.
-        "torch.load": {"_target_": "torch.load", "f": {"_target_": "io.BytesIO", "initial_bytes": code},
-                       "weights_only": False},
+        "torch.load": {
+            "_target_": "torch.load",
+            "f": {"_target_": "io.BytesIO", "initial_bytes": code},
+            "weights_only": False,
+        },
         "pickle.loads": {"_target_": "pickle.loads", "_args_": [code]},
         "importlib.import_module": {"_target_": "importlib.import_module", "name": module.stem},
     }
@@ -158,8 +174,10 @@ def test_a_logged_model_whose_checkpoint_names_a_foreign_target_is_refused_when_
     hyperparameters = hostile(data["hyper_parameters"], "model", payloads(marker)[target])
     torch.save({**data, "hyper_parameters": hyperparameters}, stored)
     try:
-        refused = (r"^cannot load model runs:/\w+/model from .*: "
-                   r"model/artifacts/checkpoint\.ckpt: refusing to load, hyper_parameters\.model\._target_")
+        refused = (
+            r"^cannot load model runs:/\w+/model from .*: "
+            r"model/artifacts/checkpoint\.ckpt: refusing to load, hyper_parameters\.model\._target_"
+        )
         with pytest.raises(TextclfError, match=refused) as error:
             load_model(f"runs:/{logged.run_id}/model", logged.uri)
         assert "\n" not in str(error.value)

@@ -17,13 +17,13 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
+from tiny_run import LABELS, TEXTS, tiny_run
 
 from textclf.errors import TextclfError
 from textclf.serving import TextclfModel, texts_of
 from textclf.tracking import mlflow_tracking_uri
 
 from conftest import subprocess_env
-from tiny_run import LABELS, TEXTS, tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +94,16 @@ def test_a_tampered_checkpoint_is_refused_when_the_model_loads(trained, tmp_path
     uri, run_id = trained
     with mlflow_tracking_uri(uri):
         local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
-    artifacts = {name: str(local / "artifacts" / file) for name, file in (
-        ("tokenizer", "tokenizer.json"), ("vocab", "vocab.txt"), ("labels", "labels.json"),
-        ("checkpoint", "checkpoint.ckpt"), ("config", "config.yaml"))}
+    artifacts = {
+        name: str(local / "artifacts" / file)
+        for name, file in (
+            ("tokenizer", "tokenizer.json"),
+            ("vocab", "vocab.txt"),
+            ("labels", "labels.json"),
+            ("checkpoint", "checkpoint.ckpt"),
+            ("config", "config.yaml"),
+        )
+    }
     marker = tmp_path / "pwned"
     torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": _RunsCode(marker)}, artifacts["checkpoint"])
     with pytest.raises(TextclfError, match="refusing to load"):
@@ -140,10 +147,24 @@ def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(tr
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
-        [str(mlflow_cli), "models", "serve", "-m", f"runs:/{run_id}/model", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        [
+            str(mlflow_cli),
+            "models",
+            "serve",
+            "-m",
+            f"runs:/{run_id}/model",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
         env=subprocess_env(MLFLOW_TRACKING_URI=uri, TMPDIR=str(tmp_path)),  # its copy of the model lands there
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the CLI runs the web server as a child
     )
     base = f"http://127.0.0.1:{port}"
@@ -195,8 +216,10 @@ def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(tr
 def test_the_shipped_config_masks_secrets() -> None:
     from textclf.serving import shareable_config
 
-    config = {"data": {"url": "https://user:hunter2@example.org/a.tar.gz", "min_freq": 1},
-              "tracking": {"uri": None, "auth_token": "abc"}}
+    config = {
+        "data": {"url": "https://user:hunter2@example.org/a.tar.gz", "min_freq": 1},
+        "tracking": {"uri": None, "auth_token": "abc"},
+    }
     assert shareable_config(config) == {
         "data": {"url": "https://***@example.org/a.tar.gz", "min_freq": 1},
         "tracking": {"uri": None, "auth_token": "***"},

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from test_bad_input import closed_port, write_params
 
 from textclf.config import load_params
 from textclf.errors import TextclfError
@@ -27,7 +28,6 @@ from textclf.stages.train import train
 from textclf.tracking import check_tracking_uri, ensure_experiment, store_errors
 
 from conftest import REPO_ROOT, subprocess_env
-from test_bad_input import closed_port, write_params
 
 FAST = 60  # seconds: far below MLflow's retries of an unreachable server, far above a check
 
@@ -74,8 +74,12 @@ def hydra_overrides(root: Path) -> list[str]:
 
     values = yaml.safe_load((root / "params.yaml").read_text())
     data = values["data"]
-    return [f"data.url={data['url']}", f"data.sha256={data['sha256']}", "data.mirrors=[]",
-            *(f"paths.{name}={root / name}" for name in ("raw", "processed", "cache"))]
+    return [
+        f"data.url={data['url']}",
+        f"data.sha256={data['sha256']}",
+        "data.mirrors=[]",
+        *(f"paths.{name}={root / name}" for name in ("raw", "processed", "cache")),
+    ]
 
 
 def run_entry_point(entry: str, root: Path, uri: str) -> subprocess.CompletedProcess:
@@ -84,7 +88,11 @@ def run_entry_point(entry: str, root: Path, uri: str) -> subprocess.CompletedPro
     if entry == "hydra-app":
         argv += hydra_overrides(root)
     return subprocess.run(
-        [sys.executable, "-m", module, *argv], cwd=root, capture_output=True, text=True, timeout=FAST,
+        [sys.executable, "-m", module, *argv],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=FAST,
         env=subprocess_env(MLFLOW_TRACKING_URI=uri),
     )
 
@@ -107,7 +115,9 @@ def copy_project(project: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", list(ENTRY_POINTS))
-def test_an_unreachable_tracking_server_stops_every_entry_point_at_once(project: Path, tmp_path: Path, entry: str) -> None:
+def test_an_unreachable_tracking_server_stops_every_entry_point_at_once(
+    project: Path, tmp_path: Path, entry: str
+) -> None:
     root = copy_project(project, tmp_path)
     uri = f"http://127.0.0.1:{closed_port()}"
     result = run_entry_point(entry, root, uri)
@@ -192,7 +202,7 @@ def test_a_store_failure_inside_mlflow_becomes_one_line_naming_the_store(tmp_pat
     assert str(error.value).startswith(f"MLflow tracking URI {uri}: not an SQLite database")
     with pytest.raises(ZeroDivisionError):  # anything else keeps its own error
         with store_errors(uri):
-            1 / 0
+            _ = 1 / 0
 
 
 def test_readers_need_a_readable_store_only(tmp_path: Path) -> None:

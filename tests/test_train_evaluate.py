@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
+from tiny_run import TEXTS
 
 from textclf.data.encoded import read_manifest
 from textclf.errors import TextclfError
@@ -20,8 +21,6 @@ from textclf.stages.evaluate import evaluate
 from textclf.stages.preprocess import preprocess
 from textclf.stages.train import LAST_CHECKPOINT, BestInMemoryIO, resume_dir, run_name, train
 from textclf.tracking import tracking_uri
-
-from tiny_run import TEXTS
 
 METRIC_KEYS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "loss")
 
@@ -88,9 +87,13 @@ def test_train_then_evaluate_fills_one_mlflow_run(prepared, mlflow_uri: str) -> 
     artifacts = {a.path for folder in (None, "evaluation") for a in client.list_artifacts(run.info.run_id, folder)}
     # The weights are stored once, in the logged model (tests/test_serving.py), not in the run too.
     assert artifacts == {
-        "config.yaml", "evaluation",
-        "evaluation/metrics.json", "evaluation/per_class.json", "evaluation/confusion.png",
-        "evaluation/per_class_f1.png", "evaluation/training_curves.png",
+        "config.yaml",
+        "evaluation",
+        "evaluation/metrics.json",
+        "evaluation/per_class.json",
+        "evaluation/confusion.png",
+        "evaluation/per_class_f1.png",
+        "evaluation/training_curves.png",
     }
 
 

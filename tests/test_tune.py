@@ -15,8 +15,16 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from textclf.tune import (
-    BEST_METRIC, BEST_TAG, PARENT_RUN_ATTR, RUN_ID_ATTR, SEARCH_KEY, STATE_TAG, check_space, compose_tune,
-    load_search, tune,
+    BEST_METRIC,
+    BEST_TAG,
+    PARENT_RUN_ATTR,
+    RUN_ID_ATTR,
+    SEARCH_KEY,
+    STATE_TAG,
+    check_space,
+    compose_tune,
+    load_search,
+    tune,
 )
 
 from conftest import REPO_ROOT, shrink_overrides, subprocess_env
@@ -127,7 +135,10 @@ def test_a_pruned_trial_stops_after_its_first_epoch_and_is_recorded_as_pruned(
 def test_a_bad_search_setting_stops_the_command_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "textclf.tune", f"{SEARCH_KEY}.n_trials=0"],
-        cwd=REPO_ROOT, capture_output=True, text=True, env=subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db"),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db"),
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [

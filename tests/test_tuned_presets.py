@@ -6,11 +6,12 @@ import re
 import shlex
 
 import pytest
-from conftest import REPO_ROOT
 from omegaconf import OmegaConf
 
 from textclf.config import validate
 from textclf.params import compose
+
+from conftest import REPO_ROOT
 
 
 def plain(*overrides: str) -> dict:
@@ -29,7 +30,10 @@ def test_the_lstm_and_the_transformer_get_their_tuned_optimizer_schedule_and_ste
     assert (lstm["model"]["embed_dim"], lstm["model"]["sparse"], lstm["train"]["length_buckets"]) == (64, False, 50)
     assert transformer["optimizer"]["_target_"] == "torch.optim.AdamW" and transformer["optimizer"]["lr"] == 0.005
     assert transformer["scheduler"] == {
-        "_target_": "textclf.models.schedules.cosine", "_partial_": True, "warmup_fraction": 0.05, "min_lr_ratio": 0.0,
+        "_target_": "textclf.models.schedules.cosine",
+        "_partial_": True,
+        "warmup_fraction": 0.05,
+        "min_lr_ratio": 0.0,
     }
 
 

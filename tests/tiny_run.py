@@ -32,10 +32,12 @@ def tiny_run(root: Path, archive: Path, sha256: str, *overrides: str, evaluated:
     logs the shipped model (runs:/<id>/model), unless ``evaluated`` is False."""
     uri = f"sqlite:///{root / 'mlflow.db'}"
     paths = [f"paths.{name}={root / name}" for name in ("raw", "processed", "models", "reports", "cache")]
-    cfg = validate(compose(
-        [*shrink_overrides(archive, sha256), *paths, "trainer.max_epochs=3", f"tracking.uri={uri}", *overrides],
-        root=REPO_ROOT,
-    ))
+    cfg = validate(
+        compose(
+            [*shrink_overrides(archive, sha256), *paths, "trainer.max_epochs=3", f"tracking.uri={uri}", *overrides],
+            root=REPO_ROOT,
+        )
+    )
     download(cfg.data, cfg.paths.raw, progress=False)
     preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
     summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)

@@ -13,9 +13,10 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from textclf.errors import TextclfError
 from textclf.locks import fcntl, is_locked_file

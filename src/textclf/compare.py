@@ -38,7 +38,8 @@ def differing_params(runs: list[Any]) -> list[str]:
         for key, value in run.data.params.items():
             values.setdefault(key, set()).add(value)
     return sorted(
-        key for key, seen in values.items()
+        key
+        for key, seen in values.items()
         if len(seen) > 1 and key not in KEY_PARAMS and not key.startswith(NOT_COMPARED)
     )
 
@@ -73,7 +74,9 @@ def best_runs(
     if found is None:
         raise TextclfError(f"no experiment '{experiment}' in {tracking_uri} (train a model first)")
     runs = store.search_runs(
-        [found.experiment_id], filter_string=filter_string, order_by=[order, "attributes.start_time DESC"],
+        [found.experiment_id],
+        filter_string=filter_string,
+        order_by=[order, "attributes.start_time DESC"],
         max_results=top,
     )
     rows = []
@@ -104,10 +107,12 @@ def render(rows: list[dict[str, Any]], title: str) -> None:
         numeric = column not in ("run_id", "run_name", "model", "optimizer")
         table.add_column(column, justify="right" if numeric else "left", no_wrap=column == "run_id")
     for row in rows:
-        table.add_row(*(
-            "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-            for value in row.values()
-        ))
+        table.add_row(
+            *(
+                "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+                for value in row.values()
+            )
+        )
     Console().print(table)
 
 
@@ -125,7 +130,12 @@ def main(argv: list[str] | None = None) -> None:
 
     def command() -> None:
         rows = best_runs(
-            args.tracking_uri or default_tracking_uri(), args.experiment, args.model, args.sort, args.top, args.ascending
+            args.tracking_uri or default_tracking_uri(),
+            args.experiment,
+            args.model,
+            args.sort,
+            args.top,
+            args.ascending,
         )
         order = "lowest" if args.ascending else "highest"
         family = f" {args.model}" if args.model else ""

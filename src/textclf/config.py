@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 import yaml
 from hydra.utils import get_object
@@ -21,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from textclf.errors import TextclfError
-from textclf.redact import mask_userinfo
 from textclf.metrics import MonitorName
+from textclf.redact import mask_userinfo
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -181,9 +182,7 @@ def _check_target_section(section: str, values: Mapping[str, Any]) -> list[str]:
         if key in ("_target_", "_partial_"):
             continue
         if key not in allowed:
-            problems.append(
-                f"{section}.{key}: unknown key for {target} (expected one of: {', '.join(allowed)})"
-            )
+            problems.append(f"{section}.{key}: unknown key for {target} (expected one of: {', '.join(allowed)})")
             continue
         annotation = parameters[key].annotation
         if annotation is inspect.Parameter.empty:
@@ -244,11 +243,7 @@ def credential_problems(values: Any, prefix: str = "") -> list[str]:
     params.yaml, dvc.lock (committed by `dvc exp run` into git), Hydra's output directories and
     MLflow, so a secret must never be a param."""
     if isinstance(values, Mapping):
-        return [
-            problem
-            for key, value in values.items()
-            for problem in credential_problems(value, f"{prefix}{key}.")
-        ]
+        return [problem for key, value in values.items() for problem in credential_problems(value, f"{prefix}{key}.")]
     key = prefix.rstrip(".")
     if isinstance(values, (list, tuple)):  # data.mirrors: the list is named, not the item
         return next((credential_problems(item, prefix) for item in values if credential_problems(item, prefix)), [])

@@ -48,4 +48,6 @@ def quiet() -> None:
     rank_zero = logging.getLogger(LIGHTNING_RANK_ZERO_LOGGER)
     if not any(isinstance(existing, _DropLines) for existing in rank_zero.filters):
         rank_zero.addFilter(_DropLines())
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )

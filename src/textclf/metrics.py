@@ -46,7 +46,7 @@ TEST_SCORES = (ACCURACY, F1_MACRO, PRECISION_MACRO, RECALL_MACRO)
 
 
 def mode(monitor: str) -> Literal["max", "min"]:
-    """"max" if a higher ``monitor`` is better, "min" if lower is (a loss)."""
+    """ "max" if a higher ``monitor`` is better, "min" if lower is (a loss)."""
     return MODES[monitor]
 
 

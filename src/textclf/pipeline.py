@@ -27,8 +27,8 @@ from lightning.pytorch.callbacks import Callback
 from textclf import metrics
 from textclf.config import Config, to_dict
 from textclf.data.encoded import MANIFEST_FILE, read_manifest
-from textclf.resources import check_devices
 from textclf.locks import path_lock
+from textclf.resources import check_devices
 from textclf.resume import sweep_abandoned
 from textclf.stages.download import download
 from textclf.stages.evaluate import evaluate

@@ -25,9 +25,9 @@ from typing import TextIO
 import pandas as pd
 
 from textclf.errors import TextclfError, first_line, run_cli
-from textclf.serving import LABEL_COLUMN, MODEL_NAME, TEXT_COLUMN
 from textclf.outputs import RUN_FILE
 from textclf.provenance import project_root
+from textclf.serving import LABEL_COLUMN, MODEL_NAME, TEXT_COLUMN
 from textclf.tracking import (
     TrackingStore,
     default_tracking_uri,
@@ -52,8 +52,11 @@ def latest_run_id(root: Path | None = None) -> str:
 
     root = root if root is not None else project_root()
     params = root / "params.yaml"
-    models = (yaml.safe_load(params.read_text(encoding="utf-8")) or {}).get("paths", {}).get("models", "models") \
-        if params.is_file() else "models"
+    models = (
+        (yaml.safe_load(params.read_text(encoding="utf-8")) or {}).get("paths", {}).get("models", "models")
+        if params.is_file()
+        else "models"
+    )
     reference = root / models / RUN_FILE
     if not reference.is_file():
         raise TextclfError(
@@ -79,8 +82,11 @@ def load_model(model_uri: str, tracking_uri: str):  # noqa: ANN201 - mlflow.pyfu
     from mlflow.exceptions import MlflowException
 
     try:
-        with mlflow_tracking_uri(require_store(tracking_uri)), \
-                store_errors(tracking_uri), tempfile.TemporaryDirectory(prefix="textclf-load-") as copy:
+        with (
+            mlflow_tracking_uri(require_store(tracking_uri)),
+            store_errors(tracking_uri),
+            tempfile.TemporaryDirectory(prefix="textclf-load-") as copy,
+        ):
             path = list(sys.path)
             try:
                 # suppress_warnings: no check of the model's pip requirements against every
@@ -201,8 +207,10 @@ def main(argv: list[str] | None = None) -> None:
         run_id = args.run_id if args.run_id is not None or args.model_uri is not None else latest_run_id()
         if args.register:
             version = register(run_id, uri, args.name, args.alias)
-            print(f"registered {run_model_uri(run_id)} as {args.name} version {version}; "
-                  f"use models:/{args.name}@{args.alias}")
+            print(
+                f"registered {run_model_uri(run_id)} as {args.name} version {version}; "
+                f"use models:/{args.name}@{args.alias}"
+            )
             return
         texts = read_texts(args.texts, args.file, sys.stdin)
         frame = predict(args.model_uri or run_model_uri(run_id), texts, uri)

@@ -48,7 +48,7 @@ def git_commit(root: Path | None = None) -> str | None:
 
 
 def git_dirty(root: Path | None = None) -> str:
-    """"true" when code or config differs from the checked-out commit beyond what the run's own
+    """ "true" when code or config differs from the checked-out commit beyond what the run's own
     params record, "false" for a clean tree, "unknown" outside a git checkout.
 
     Counts tracked files (`git status --porcelain --untracked-files=no`) but NOT_CODE:
@@ -72,7 +72,10 @@ def git_dirty(root: Path | None = None) -> str:
 def dvc_experiment() -> dict[str, str]:
     """The DVC experiment running this stage (``dvc.exp_name``, ``dvc.baseline_rev``); empty
     outside `dvc exp run`."""
-    found = {EXPERIMENT_NAME_TAG: os.environ.get(EXPERIMENT_NAME_ENV), BASELINE_REV_TAG: os.environ.get(BASELINE_REV_ENV)}
+    found = {
+        EXPERIMENT_NAME_TAG: os.environ.get(EXPERIMENT_NAME_ENV),
+        BASELINE_REV_TAG: os.environ.get(BASELINE_REV_ENV),
+    }
     return {tag: value for tag, value in found.items() if value}
 
 

@@ -9,8 +9,9 @@ first optimizer step; here each is one line naming the key to change.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from textclf.config import TrainerConfig
 from textclf.errors import TextclfError
@@ -37,8 +38,10 @@ def check_devices(trainer: TrainerConfig) -> None:
                 "use trainer=cpu (trainer.accelerator=cpu)"
             )
         count = torch.cuda.device_count()
-        wanted = devices if isinstance(devices, int) and devices > 0 else (
-            max(devices) + 1 if isinstance(devices, list) and devices else 0
+        wanted = (
+            devices
+            if isinstance(devices, int) and devices > 0
+            else (max(devices) + 1 if isinstance(devices, list) and devices else 0)
         )
         if wanted > count:
             raise TextclfError(

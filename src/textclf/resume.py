@@ -53,7 +53,9 @@ def resume_lock(resume: Path) -> Iterator[None]:
 
 def record_run(resume: Path, run_id: str, experiment_id: str, uri: str) -> None:
     """Names the MLflow run a resume point belongs to (written under its lock)."""
-    write_json(resume / RESUME_RUN_FILE, {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": mask_userinfo(uri)})
+    write_json(
+        resume / RESUME_RUN_FILE, {"run_id": run_id, "experiment_id": experiment_id, "tracking_uri": mask_userinfo(uri)}
+    )
     (resume / ABANDONED).unlink(missing_ok=True)  # its training runs again
 
 

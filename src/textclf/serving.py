@@ -51,8 +51,17 @@ TOKENIZER_KEYS = ("remove", "lowercase", "token_pattern")
 BATCH_SIZE = 256  # documents per forward pass
 # What the bundled code imports at prediction time (distribution names).
 REQUIREMENTS = (
-    "mlflow", "cloudpickle", "torch", "lightning", "torchmetrics", "hydra-core", "omegaconf",
-    "pydantic", "pyyaml", "pandas", "numpy",
+    "mlflow",
+    "cloudpickle",
+    "torch",
+    "lightning",
+    "torchmetrics",
+    "hydra-core",
+    "omegaconf",
+    "pydantic",
+    "pyyaml",
+    "pandas",
+    "numpy",
 )
 EXAMPLE_TEXTS = ["An example message to classify.", "Another one, with more words than the first."]
 
@@ -107,10 +116,7 @@ class TextclfModel(mlflow.pyfunc.PythonModel):
         self.max_len = self.module.hparams.model.get("max_len")  # tokens kept per document, as in training
 
     def encode(self, texts: list[str]) -> EncodedSplit:
-        ids = [
-            [self.index.get(token, UNK_ID) for token in self.tokenizer(clean(text, self.remove))]
-            for text in texts
-        ]
+        ids = [[self.index.get(token, UNK_ID) for token in self.tokenizer(clean(text, self.remove))] for text in texts]
         return EncodedSplit.from_token_ids(ids, [0] * len(ids))  # labels unused
 
     @torch.inference_mode()
@@ -159,8 +165,11 @@ def pip_requirements() -> list[str]:
 def pack(staging: Path, checkpoint: Path, processed: Path, config: dict[str, Any]) -> dict[str, str]:
     """Writes the model's files into ``staging``; returns {artifact name: path} for MLflow."""
     files = {
-        "checkpoint": CHECKPOINT_FILE, "tokenizer": TOKENIZER_FILE, "vocab": VOCAB_FILE,
-        "labels": LABELS_FILE, "config": CONFIG_FILE,
+        "checkpoint": CHECKPOINT_FILE,
+        "tokenizer": TOKENIZER_FILE,
+        "vocab": VOCAB_FILE,
+        "labels": LABELS_FILE,
+        "config": CONFIG_FILE,
     }
     tokenizer = {key: config["data"][key] for key in TOKENIZER_KEYS}
     (staging / TOKENIZER_FILE).write_text(json.dumps(tokenizer, indent=2) + "\n", encoding="utf-8")

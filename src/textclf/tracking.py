@@ -247,9 +247,7 @@ def check_tracking_uri(uri: str, timeout: float = REACH_TIMEOUT_SECONDS, write: 
             return
         database = Path(location)
         if not database.parent.is_dir():
-            raise TextclfError(
-                f"MLflow tracking URI {shown}: directory {database.parent} does not exist"
-            )
+            raise TextclfError(f"MLflow tracking URI {shown}: directory {database.parent} does not exist")
         if database.exists():
             _check_sqlite_database(database, shown)
         if write:
@@ -326,9 +324,7 @@ def store_errors(uri: str) -> Iterator[None]:
         reason = store_failure(error)
         if reason is None:
             raise
-        raise TextclfError(
-            f"MLflow tracking URI {mask_userinfo(uri)}: {reason} ({type(error).__name__})"
-        ) from error
+        raise TextclfError(f"MLflow tracking URI {mask_userinfo(uri)}: {reason} ({type(error).__name__})") from error
 
 
 @contextmanager

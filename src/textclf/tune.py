@@ -26,8 +26,9 @@ import json
 import re
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as pl
 import optuna
@@ -36,19 +37,28 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from optuna.distributions import (
-    BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution, distribution_to_json,
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+    distribution_to_json,
 )
 from optuna.trial import FrozenTrial, TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from textclf.config import (
-    Config, PositiveFloat, PositiveInt, _format_pydantic, credential_problems, validate,
+    Config,
+    PositiveFloat,
+    PositiveInt,
+    _format_pydantic,
+    credential_problems,
+    validate,
 )
 from textclf.errors import TextclfError, describe_composition_error, run_cli
+from textclf.metrics import mode
 from textclf.models.classifier import NonFiniteLoss
 from textclf.params import compose
-from textclf.metrics import mode
 from textclf.pipeline import run_pipeline
 from textclf.provenance import project_root
 from textclf.redact import mask_userinfo
@@ -194,6 +204,7 @@ def pipeline_config(composed: DictConfig, source: str) -> Config:
 def check_space(overrides: list[str], root: Path | None, space: dict[str, BaseDistribution]) -> None:
     """Fails before any trial when a point of ``space`` does not compose or validate: every
     numeric parameter at its low end, then at its high end, then each categorical choice."""
+
     def point(pick: Callable[[BaseDistribution], Any]) -> dict[str, Any]:
         return {name: pick(d) for name, d in space.items()}
 
@@ -239,8 +250,9 @@ class TrialPruning(PyTorchLightningPruningCallback):
 class SearchRuns:
     """The search's MLflow side: one parent run, one child run per trial."""
 
-    def __init__(self, cfg: Config, study: optuna.Study, settings: SearchConfig, storage: str,
-                 space: dict[str, BaseDistribution]) -> None:
+    def __init__(
+        self, cfg: Config, study: optuna.Study, settings: SearchConfig, storage: str, space: dict[str, BaseDistribution]
+    ) -> None:
         uri = tracking_uri(cfg.tracking)
         check_tracking_uri(uri)
         self.store = TrackingStore(uri)
@@ -339,7 +351,9 @@ class SearchRuns:
 
 
 def open_study(
-    settings: SearchConfig, storage: str, on_stale_trial: Callable[[optuna.Study, FrozenTrial], None],
+    settings: SearchConfig,
+    storage: str,
+    on_stale_trial: Callable[[optuna.Study, FrozenTrial], None],
     direction: str = "maximize",
 ) -> optuna.Study:
     """Creates the study, or loads it to continue; its sampler seed is offset by the number of
@@ -361,9 +375,7 @@ def open_study(
     except Exception as error:  # sqlalchemy's errors for a bad URL, driver or server
         reason = " ".join(str(error).split())
         raise TextclfError(f"{SEARCH_KEY}.storage {mask_userinfo(storage)}: cannot open ({reason})") from error
-    study = optuna.create_study(
-        study_name=settings.study_name, storage=rdb, direction=direction, load_if_exists=True
-    )
+    study = optuna.create_study(study_name=settings.study_name, storage=rdb, direction=direction, load_if_exists=True)
     if study.direction.name.lower() != direction:
         raise TextclfError(
             f"study {settings.study_name!r} in {mask_userinfo(storage)} is set to {study.direction.name.lower()}; "

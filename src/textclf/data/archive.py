@@ -17,10 +17,11 @@ import lzma
 import posixpath
 import tarfile
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from textclf.errors import TextclfError
 
@@ -37,7 +38,13 @@ ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")  # a member, an empty 
 # tarfile reads a pax or GNU long-name header whole into memory; real ones hold a few names
 # and times, so a larger one is a corrupt or hostile archive.
 MAX_METADATA_HEADER_BYTES = 1 << 20
-_METADATA_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+_METADATA_TYPES = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
 
 
 class ArchiveTooLarge(TextclfError):
@@ -75,9 +82,7 @@ def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
     if member.issym() or member.islnk():
         raise TextclfError(f"{archive}: refusing member '{name}': links are not allowed")
     if not (member.isfile() or member.isdir()):
-        raise TextclfError(
-            f"{archive}: refusing member '{name}': not a regular file or directory (device, fifo)"
-        )
+        raise TextclfError(f"{archive}: refusing member '{name}': not a regular file or directory (device, fifo)")
 
 
 class _StrictTarInfo(tarfile.TarInfo):
@@ -145,7 +150,9 @@ def _sort_key(line: bytes) -> tuple[bytes, bytes]:
 
 
 @contextmanager
-def _checked_members(archive: Path, max_archive_bytes: int | None) -> Iterator[Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]]:
+def _checked_members(
+    archive: Path, max_archive_bytes: int | None
+) -> Iterator[Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]]:
     """The archive's members, each checked (``_check_member``), with the tar to read them
     from: one sequential pass over the decompressed stream, at most ``max_archive_bytes``
     decompressed bytes. A corrupt or truncated archive raises one TextclfError, and a stream
@@ -154,11 +161,15 @@ def _checked_members(archive: Path, max_archive_bytes: int | None) -> Iterator[I
         raise TextclfError(f"{archive}: archive not found (run the download stage first)")
     try:
         # "r|": one sequential pass over the decompressed stream.
-        with _decompressed(archive) as decompressed, tarfile.open(
-            fileobj=(stream := _Bounded(decompressed, archive, max_archive_bytes)),
-            mode="r|",
-            tarinfo=_StrictTarInfo,
-        ) as tar:
+        with (
+            _decompressed(archive) as decompressed,
+            tarfile.open(
+                fileobj=(stream := _Bounded(decompressed, archive, max_archive_bytes)),
+                mode="r|",
+                tarinfo=_StrictTarInfo,
+            ) as tar,
+        ):
+
             def checked() -> Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]:
                 for member in tar:
                     _check_member(archive, member)

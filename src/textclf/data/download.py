@@ -29,8 +29,9 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 from tqdm import tqdm
@@ -148,9 +149,7 @@ def _open_source(
             raise _too_large(shown, max_bytes, f"Content-Length {size}")
         return response, size
     if scheme and len(scheme) > 1:  # "C:" on Windows is a drive, not a scheme
-        raise TextclfError(
-            f"{shown}: unsupported URL scheme '{scheme}' (use http, https, file or a path)"
-        )
+        raise TextclfError(f"{shown}: unsupported URL scheme '{scheme}' (use http, https, file or a path)")
     return _open_file(Path(source).expanduser(), shown, max_bytes)
 
 
@@ -174,9 +173,11 @@ def fetch(
     shown = mask_userinfo(source)
     label = Path(urlparse(source).path).name or shown
     received = 0
-    with stream, staged_file(target) as out, tqdm(
-        total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress
-    ) as bar:
+    with (
+        stream,
+        staged_file(target) as out,
+        tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=label, disable=not progress) as bar,
+    ):
         # Never more than one byte past the limit: enough to know the body is too large.
         def chunk_size() -> int:
             return CHUNK_BYTES if max_bytes is None else min(CHUNK_BYTES, max_bytes + 1 - received)
@@ -195,9 +196,7 @@ def fetch(
             raise IncompleteDownload(f"connection closed after {received} of {size} bytes")
         actual = digest.hexdigest()
         if actual != sha256.lower():
-            raise ChecksumMismatch(
-                f"checksum mismatch for {shown}: expected sha256 {sha256.lower()}, got {actual}"
-            )
+            raise ChecksumMismatch(f"checksum mismatch for {shown}: expected sha256 {sha256.lower()}, got {actual}")
 
 
 def _is_transient(error: BaseException) -> bool:
@@ -207,11 +206,11 @@ def _is_transient(error: BaseException) -> bool:
     if isinstance(error, urllib.error.URLError):  # no HTTP answer: refused, reset, DNS, timeout
         # A name that does not resolve ("Name or service not known", or "Temporary failure in
         # name resolution" with no network at all) stays so for the seconds a retry waits.
-        permanent = FileNotFoundError | PermissionError | IsADirectoryError | ssl.SSLCertVerificationError | socket.gaierror
+        permanent = (
+            FileNotFoundError | PermissionError | IsADirectoryError | ssl.SSLCertVerificationError | socket.gaierror
+        )
         return not isinstance(error.reason, permanent)
-    return isinstance(
-        error, IncompleteDownload | TimeoutError | ConnectionError | http.client.HTTPException
-    )
+    return isinstance(error, IncompleteDownload | TimeoutError | ConnectionError | http.client.HTTPException)
 
 
 def _reason(error: BaseException) -> str:
@@ -284,4 +283,3 @@ def download(
     if not failures:
         raise TextclfError("no download URL configured (set data.url)")
     raise TextclfError("could not download the archive: " + "; ".join([*failures, *([hint] if hint else [])]))
-

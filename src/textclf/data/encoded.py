@@ -13,10 +13,10 @@ import errno
 import json
 import os
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, count
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ class EncodedSplit:
     @classmethod
     def from_token_ids(
         cls, documents: Sequence[Sequence[int]], labels: Sequence[int], id_map: np.ndarray | None = None
-    ) -> "EncodedSplit":
+    ) -> EncodedSplit:
         """``documents``: token ids per document; ``id_map``, if given, maps them first
         (``TokenIds.vocabulary``'s first-seen id -> vocabulary id)."""
         return cls.from_flat_ids(*flatten_documents(documents), labels, id_map)
@@ -53,7 +53,7 @@ class EncodedSplit:
     @classmethod
     def from_flat_ids(
         cls, flat: np.ndarray, lengths: np.ndarray, labels: Sequence[int], id_map: np.ndarray | None = None
-    ) -> "EncodedSplit":
+    ) -> EncodedSplit:
         """``flat`` (T,): every document's token ids, concatenated; ``lengths`` (N,): tokens per
         document; ``id_map`` as in ``from_token_ids``."""
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -86,7 +86,7 @@ class EncodedSplit:
             raise
 
     @classmethod
-    def load(cls, path: Path) -> "EncodedSplit":
+    def load(cls, path: Path) -> EncodedSplit:
         if not path.is_file():
             raise TextclfError(f"{path}: processed data not found (run `dvc repro preprocess`)")
         data = torch.load(path, map_location="cpu", weights_only=True)

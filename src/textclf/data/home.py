@@ -155,9 +155,12 @@ def _take_directory(cfg: DataConfig, source: Path, target: Path) -> str:
     directories, files = _regular_files(source, cfg.max_archive_bytes)
     lines = []
     with staged_file(target) as out:
-        with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as packed, tarfile.open(
-            fileobj=packed, mode="w|", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape"
-        ) as tar:
+        with (
+            gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as packed,
+            tarfile.open(
+                fileobj=packed, mode="w|", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape"
+            ) as tar,
+        ):
             for name in directories:
                 tar.addfile(_tar_info(name, is_dir=True))
             for name in files:

@@ -8,13 +8,11 @@ signature blocks and quoted replies follows scikit-learn's ``remove=`` for 20 Ne
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from textclf.errors import TextclfError
 
-_QUOTE_LINE = re.compile(
-    r"(writes in|writes:|wrote:|says:|said:|^In article|^Quoted from|^\||^>)"
-)
+_QUOTE_LINE = re.compile(r"(writes in|writes:|wrote:|says:|said:|^In article|^Quoted from|^\||^>)")
 
 
 def decode(raw: bytes) -> str:

@@ -15,8 +15,9 @@ from textclf.config import Fraction, NonNegativeInt, PositiveInt
 BIGRAM_HASH_PRIME = 1_000_003
 
 
-def bigram_ids(tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor,
-               vocab_size: int, buckets: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def bigram_ids(
+    tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, vocab_size: int, buckets: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hashed ids of adjacent token pairs within each document.
 
     tokens (T,), offsets (B,), lengths (B,) -> ids (T - B',), offsets (B,), lengths (B,)
@@ -96,9 +97,7 @@ class FastText(nn.Module):
             summed = self.embedding(tokens, offsets)  # (B, D)
             total = lengths.to(summed.dtype)
         if self.ngram_buckets > 0:
-            ids, pair_offsets, pair_lengths = bigram_ids(
-                tokens, offsets, lengths, self.vocab_size, self.ngram_buckets
-            )
+            ids, pair_offsets, pair_lengths = bigram_ids(tokens, offsets, lengths, self.vocab_size, self.ngram_buckets)
             summed = summed + self.embedding(ids, pair_offsets)  # each bigram weighs 1
             total = total + pair_lengths
         mean = summed / total.clamp(min=1).unsqueeze(1).to(summed.dtype)

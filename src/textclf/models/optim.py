@@ -8,7 +8,8 @@ this one steps both: the configured optimizer for dense parameters, SparseAdam f
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,11 +18,7 @@ from torch.optim import Optimizer, SparseAdam
 
 def sparse_parameters(module: nn.Module) -> list[nn.Parameter]:
     """Weights of embedding layers built with ``sparse=True``."""
-    return [
-        sub.weight
-        for sub in module.modules()
-        if isinstance(sub, (nn.Embedding, nn.EmbeddingBag)) and sub.sparse
-    ]
+    return [sub.weight for sub in module.modules() if isinstance(sub, (nn.Embedding, nn.EmbeddingBag)) and sub.sparse]
 
 
 class DenseSparseOptimizer(Optimizer):

@@ -32,9 +32,7 @@ class TransformerClassifier(nn.Module):
         super().__init__()
         self.pooling = pooling
         if embed_dim % num_heads:
-            raise TextclfError(
-                f"model.embed_dim ({embed_dim}) must be divisible by model.num_heads ({num_heads})"
-            )
+            raise TextclfError(f"model.embed_dim ({embed_dim}) must be divisible by model.num_heads ({num_heads})")
         self.max_len = max_len  # positions available, and tokens kept per document
         # sparse=True: only the rows of words in the batch get gradients (stepped by SparseAdam).
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID, sparse=sparse)

@@ -38,8 +38,14 @@ def download(
             print(f"download: {target} from {local} ({how})")
         return target
     return fetch_first(
-        [cfg.url, *cfg.mirrors], target, cfg.sha256, progress,
-        retries=retries, backoff=backoff, timeout=timeout, max_bytes=cfg.max_download_bytes,
+        [cfg.url, *cfg.mirrors],
+        target,
+        cfg.sha256,
+        progress,
+        retries=retries,
+        backoff=backoff,
+        timeout=timeout,
+        max_bytes=cfg.max_download_bytes,
         hint=offline_hint(cfg, home),
     )
 

@@ -24,19 +24,23 @@ from torch.nn import functional as F
 from textclf.atomic import write_files
 from textclf.config import Config, load_params
 from textclf.data.datamodule import TextDataModule
-from textclf.errors import TextclfError
+from textclf.errors import TextclfError, run_cli
+from textclf.hashing import file_sha256
 from textclf.metrics import F1_MACRO, LOSS, TEST_PREFIX, TEST_SCORES, evaluation_metrics
 from textclf.models.checkpoint import load_checkpoint
 from textclf.models.classifier import TextClassifier
-from textclf.outputs import CHECKPOINT_NAME, CURVES_FILE
+from textclf.outputs import CHECKPOINT_NAME, CURVES_FILE, RUN_FILE
 from textclf.resume import sweep_abandoned
 from textclf.serving import log_model
-from textclf.errors import run_cli
-from textclf.hashing import file_sha256
-from textclf.outputs import RUN_FILE
 from textclf.tracking import (
-    CHECKPOINT_TAG, TrackingStore, artifact_store_errors, check_run_store, check_tracking_uri, read_run_reference,
-    store_errors, tracking_uri,
+    CHECKPOINT_TAG,
+    TrackingStore,
+    artifact_store_errors,
+    check_run_store,
+    check_tracking_uri,
+    read_run_reference,
+    store_errors,
+    tracking_uri,
 )
 
 METRICS_FILE, PER_CLASS_FILE = "metrics.json", "per_class.json"
@@ -148,13 +152,15 @@ def evaluate(
 
     # Everything is computed before the first write; the reports are written as one (all staged,
     # then renamed), so a failure leaves none of them changed.
-    write_files({
-        reports_dir / PER_CLASS_FILE: _json_bytes(per_class),
-        reports_dir / CONFUSION_CSV: rows.getvalue().encode(),
-        reports_dir / PER_CLASS_F1_CSV: per_class_f1_csv(per_class).encode(),
-        reports_dir / CONFUSION_PNG: png,
-        reports_dir / METRICS_FILE: _json_bytes(metrics),
-    })
+    write_files(
+        {
+            reports_dir / PER_CLASS_FILE: _json_bytes(per_class),
+            reports_dir / CONFUSION_CSV: rows.getvalue().encode(),
+            reports_dir / PER_CLASS_F1_CSV: per_class_f1_csv(per_class).encode(),
+            reports_dir / CONFUSION_PNG: png,
+            reports_dir / METRICS_FILE: _json_bytes(metrics),
+        }
+    )
     with store_errors(uri):
         log_to_run(cfg, models_dir, processed, metrics, reports_dir, reference)
     return metrics

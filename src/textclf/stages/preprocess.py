@@ -12,10 +12,10 @@ import json
 import multiprocessing
 import os
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -39,8 +39,16 @@ from textclf.resume import sweep_abandoned
 FORMAT_VERSION = 1  # bump when the processed layout or tokenization changes
 # The data.* keys that shape the processed output (dvc.yaml declares these and the limits).
 PREPROCESS_PARAMS = {
-    "archive_name", "train_dir", "test_dir", "remove", "lowercase", "token_pattern",
-    "min_freq", "max_vocab", "val_fraction", "split_seed",
+    "archive_name",
+    "train_dir",
+    "test_dir",
+    "remove",
+    "lowercase",
+    "token_pattern",
+    "min_freq",
+    "max_vocab",
+    "val_fraction",
+    "split_seed",
 }
 # Also read, but they never change the output (a run either stops or writes the same bytes),
 # so they are not in the manifest nor in the processed cache's key.
@@ -75,7 +83,9 @@ def check_class_names(archive: Path, train_messages: list[Message]) -> None:
         try:
             group.encode("utf-8")
         except UnicodeEncodeError:
-            shown = f"{message.split}/{group}/{message.name}".encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            shown = f"{message.split}/{group}/{message.name}".encode("utf-8", "surrogateescape").decode(
+                "utf-8", "backslashreplace"
+            )
             raise TextclfError(
                 f"{archive}: member '{shown}': its category directory name is not valid UTF-8 (rename the directory)"
             ) from None
@@ -131,7 +141,9 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path, parallel: bool = T
         raise TextclfError(f"{archive}: test groups missing from the training split: {unknown}")
     check_class_names(archive, [m for m in messages if m.split == cfg.train_dir])
 
-    train_messages, test_messages = ([m for m in messages if m.split == split] for split in (cfg.train_dir, cfg.test_dir))
+    train_messages, test_messages = (
+        [m for m in messages if m.split == split] for split in (cfg.train_dir, cfg.test_dir)
+    )
     train_labels, test_labels = ([label_of[m.group] for m in chosen] for chosen in (train_messages, test_messages))
     token_ids = TokenIds()
     test_job = ([m.raw for m in test_messages], cfg.token_pattern, cfg.lowercase, list(cfg.remove))
@@ -141,7 +153,9 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path, parallel: bool = T
         duplicates = count_duplicates(messages, cfg.train_dir, cfg.test_dir)
         # Numbered first, as if alone: the test split's new tokens are renumbered after these.
         train_documents = token_ids_of_documents((m.raw for m in train_messages), tokenizer, cfg.remove, token_ids)
-        test_words, worker_ids, test_lengths = test_numbered.result() if test_numbered else token_ids_in_own_numbering(*test_job)
+        test_words, worker_ids, test_lengths = (
+            test_numbered.result() if test_numbered else token_ids_in_own_numbering(*test_job)
+        )
     except BrokenProcessPool as error:  # killed: out of memory, or by a signal
         raise TextclfError(
             f"{archive}: the process tokenizing the test split died ({error}); free memory and rerun preprocess"
@@ -164,9 +178,7 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path, parallel: bool = T
     )
 
     def encoded(documents: list[list[int]], labels: list[int], chosen: list[int]) -> EncodedSplit:
-        return EncodedSplit.from_token_ids(
-            [documents[i] for i in chosen], [labels[i] for i in chosen], to_vocabulary
-        )
+        return EncodedSplit.from_token_ids([documents[i] for i in chosen], [labels[i] for i in chosen], to_vocabulary)
 
     splits = {
         "train": encoded(train_documents, train_labels, train_indices),
@@ -178,9 +190,7 @@ def preprocess(cfg: DataConfig, archive: Path, out_dir: Path, parallel: bool = T
             split.save(staging / f"{name}.pt")
         (staging / VOCAB_FILE).write_text("".join(f"{w}\n" for w in vocabulary), encoding="utf-8")
         (staging / LABELS_FILE).write_text(json.dumps(groups, indent=2) + "\n", encoding="utf-8")
-        files = {
-            path.name: file_sha256(path) for path in sorted(staging.iterdir()) if path.is_file()
-        }
+        files = {path.name: file_sha256(path) for path in sorted(staging.iterdir()) if path.is_file()}
         manifest = {
             "format_version": FORMAT_VERSION,
             # What the archive holds, not its bytes: a re-pack of the same files (a local copy

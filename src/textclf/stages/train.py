@@ -47,19 +47,28 @@ from textclf.config import Config, flatten, load_params, to_dict
 from textclf.data.datamodule import TextDataModule
 from textclf.data.encoded import VOCAB_FILE, read_manifest
 from textclf.distributed import launch_state_restorer
-from textclf.errors import TextclfError
+from textclf.errors import TextclfError, run_cli
+from textclf.hashing import file_sha256
 from textclf.models.classifier import NonFiniteLoss, TextClassifier
 from textclf.outputs import CHECKPOINT_NAME, CURVES_FILE
-from textclf.resources import check_devices, check_memory
-from textclf.resume import (
-    LAST_CHECKPOINT, RESUME_DIR, record_run, resume_lock, run_to_resume, sweep_abandoned,
-)
-from textclf.errors import run_cli
-from textclf.hashing import file_sha256
 from textclf.provenance import run_tags
 from textclf.redact import mask_userinfo, redact_config, redact_secrets
+from textclf.resources import check_devices, check_memory
+from textclf.resume import (
+    LAST_CHECKPOINT,
+    RESUME_DIR,
+    record_run,
+    resume_lock,
+    run_to_resume,
+    sweep_abandoned,
+)
 from textclf.tracking import (
-    CHECKPOINT_TAG, TrackingStore, artifact_store_errors, check_tracking_uri, tracking_uri, write_run_reference,
+    CHECKPOINT_TAG,
+    TrackingStore,
+    artifact_store_errors,
+    check_tracking_uri,
+    tracking_uri,
+    write_run_reference,
 )
 
 RUN_NAME_TAG = "mlflow.runName"  # a caller's name for the run (tune: <study>-trial-<n>)
@@ -229,9 +238,7 @@ def open_run(
     return logger, resuming
 
 
-def fit_with_resume(
-    training: Training, module: TextClassifier, datamodule: TextDataModule, resuming: bool
-) -> None:
+def fit_with_resume(training: Training, module: TextClassifier, datamodule: TextDataModule, resuming: bool) -> None:
     """Fits, from the resume point when ``resuming``. A failure (a diverged loss, a bug, a
     pruned trial) would recur on resume, so it deletes the resume directory: only an interrupt
     or a killed process leaves the resume point for the next run."""
