@@ -1,0 +1,1 @@
+"""Backbones, the LightningModule that trains them, schedules, and loading a checkpoint as checked data."""
