@@ -3,9 +3,9 @@
 A stage's modules: those its entry module (`python -m textclf.stages.<name>`) loads in a fresh
 interpreter, and, transitively, every textclf module their source names: imports at any depth
 (lazy ones inside functions too), sibling files named in strings ("pyfunc_model.py", the file
-MLflow runs to build the shipped model) and, for a module that builds objects by name
-(hydra.utils' instantiate, get_object...), every textclf `_target_` of conf/ (the models and
-schedules a config can choose)."""
+MLflow runs to build the shipped model) and, for a module that imports a builder of objects by
+name at its top (hydra.utils' instantiate, get_object...), every textclf `_target_` of conf/ (the
+models and schedules a config can choose)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,9 @@ def referenced_modules(name: str, path: Path) -> set[str]:
                 found |= named_modules(alias.name)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if base == "hydra.utils" and BUILDERS & {alias.name for alias in node.names}:
+            # A module that builds by name at module level (classifier.py) may build any target;
+            # config.py imports get_object only inside the signature check the data stages skip.
+            if base == "hydra.utils" and BUILDERS & {alias.name for alias in node.names} and node.col_offset == 0:
                 for target in conf_targets():
                     found |= named_modules(target)
             if node.level:

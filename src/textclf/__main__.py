@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from textclf.config import credential_problems, validate
 from textclf.errors import TextclfError, run_cli
+from textclf.logs import hand_lightning_to_root
 from textclf.params import CONFIG_NAME, conf_dir
 
 FORCE_ENV = "TEXTCLF_FORCE"  # "1": sweeps train jobs that already have a finished run
@@ -55,6 +56,7 @@ def run(cfg: DictConfig) -> float:
     from textclf.pipeline import run_pipeline
     from textclf.redact import redact_secrets
 
+    hand_lightning_to_root()  # Hydra's handlers now hold the root logger
     hydra_cfg = HydraConfig.get()
     config = validate(cfg, source="config")
     # Tags that tie the MLflow run to its Hydra job (the overrides tell sweep jobs apart).

@@ -4,9 +4,10 @@
 and compare, the Hydra app and tune); it is idempotent and changes no result, only output:
 
 - Lightning's lines ("GPU available", "`Trainer.fit` stopped") once: the ``lightning`` package
-  gives its logger a console handler of its own ("INFO: ..."), and in a Hydra run, whose root
-  logger has a console handler too, every line came out twice. Lightning's handler stays; its
-  lines no longer go on up to the root.
+  gives its logger a console handler of its own ("INFO: ..."), and in a Hydra job, whose root
+  logger has a console handler and the job's log file, every line came out twice on the console.
+  Lightning's lines no longer go on up to the root; in a Hydra job (``hand_lightning_to_root``,
+  called at its start) they also go to the job's log file (DDP children's included), as before.
 - Lightning's advertisement (a "Tip" to install litlogger, printed by every Trainer whose
   loggers are not a LitLogger; Lightning has no switch for it) and its "Loading
   `train_dataloader` to estimate number of stepping batches" are dropped.
@@ -51,3 +52,13 @@ def quiet() -> None:
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
     )
+
+
+def hand_lightning_to_root() -> None:
+    """In a Hydra job: Lightning's lines also go to the job's log file (the root logger's file
+    handlers, which Hydra set up), while the console keeps only Lightning's own handler."""
+    lightning = logging.getLogger("lightning")
+    lightning.propagate = False  # Hydra's console handler would print every line a second time
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and handler not in lightning.handlers:
+            lightning.addHandler(handler)
