@@ -100,16 +100,8 @@ def the_one_run(uri: str):
 
 
 def test_a_killed_train_stage_resumes_to_the_uninterrupted_result(corpus, uninterrupted: Path, tmp_path: Path) -> None:
-    params = tmp_path / "params.yaml"
-    write_params(params, [*overrides(*corpus), *paths(tmp_path)], root=REPO_ROOT)
-    cfg = load_params(params)
-    download(cfg.data, cfg.paths.raw, progress=False)
-    preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = subprocess_env(MLFLOW_TRACKING_URI=uri)
-    stage = [sys.executable, "-m", "textclf.stages.train", "--params", str(params)]
-
-    kill_after_first_epoch(stage, tmp_path, env, cfg.paths.cache / "resume")
+    params, cfg, uri, env = killed_stage(corpus, tmp_path)
+    stage = stage_command("train", params)
     assert not cfg.paths.models.exists()  # killed: nothing half-written in the stage's outputs
     output = completed(stage, tmp_path, env)
     assert "train: resuming from" in output
