@@ -103,6 +103,16 @@ def no_data_home(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def backoff_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Records the download's backoff waits (textclf.data.download._sleep) instead of sleeping."""
+    from textclf.data import download as download_module
+
+    waits: list[float] = []
+    monkeypatch.setattr(download_module, "_sleep", waits.append)
+    return waits
+
+
+@pytest.fixture
 def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

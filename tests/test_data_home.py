@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-import textclf.data.download as download_module
 from textclf.data.archive import content_sha256
 from textclf.errors import TextclfError
 from textclf.hashing import file_sha256
@@ -24,14 +23,6 @@ from textclf.stages.preprocess import preprocess
 from conftest import build_archive
 
 UNREACHABLE = "http://corpus.invalid/20news-bydate.tar.gz"
-
-
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Records the backoff waits of download retries instead of sleeping."""
-    recorded: list[float] = []
-    monkeypatch.setattr(download_module, "_sleep", recorded.append)
-    return recorded
 
 
 @pytest.fixture
@@ -78,14 +69,14 @@ def processed_files(cfg, archive: Path, out: Path) -> dict[str, bytes]:
 
 
 def test_the_pinned_archive_in_the_data_home_is_taken_without_the_network(
-    tiny_config, tiny_archive, home: Path, waits: list[float]
+    tiny_config, tiny_archive, home: Path, backoff_waits: list[float]
 ) -> None:
     archive, sha256 = tiny_archive
     shutil.copyfile(archive, home / archive.name)
     cfg = offline_config(tiny_config, tiny_archive)
     path = download(cfg.data, cfg.paths.raw, progress=False)
     assert path == cfg.paths.raw / cfg.data.archive_name
-    assert file_sha256(path) == sha256 and waits == []
+    assert file_sha256(path) == sha256 and backoff_waits == []
     assert sorted(p.name for p in cfg.paths.raw.iterdir()) == [cfg.data.archive_name]
 
 
@@ -151,7 +142,12 @@ def test_a_link_in_an_unpacked_copy_is_refused(tiny_config, tiny_archive, home: 
 
 @pytest.mark.parametrize("home_set", [False, True], ids=["no-data-home", "empty-data-home"])
 def test_an_unresolvable_host_is_tried_once_and_the_error_says_how_to_use_a_local_copy(
-    tiny_config, tiny_archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, waits: list[float], home_set: bool
+    tiny_config,
+    tiny_archive,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    backoff_waits: list[float],
+    home_set: bool,
 ) -> None:
     if home_set:
         monkeypatch.setenv("TEXTCLF_DATA_HOME", str(tmp_path))
@@ -159,7 +155,7 @@ def test_an_unresolvable_host_is_tried_once_and_the_error_says_how_to_use_a_loca
     with pytest.raises(TextclfError) as caught:
         download(cfg.data, cfg.paths.raw, progress=False)
     message = str(caught.value)
-    assert waits == []  # a DNS failure is not retried
+    assert backoff_waits == []  # a DNS failure is not retried
     assert "corpus.invalid" in message and "TEXTCLF_DATA_HOME" in message and "\n" not in message
     assert "attempts" not in message
     if home_set:

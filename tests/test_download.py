@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-import textclf.data.download as download_module
 from textclf.data.download import download
 from textclf.errors import TextclfError
 from textclf.hashing import file_sha256
@@ -25,14 +24,6 @@ WRONG_SHA = "0" * 64
 class QuietHandler(SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
-
-
-@pytest.fixture
-def no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Records the backoff waits instead of sleeping."""
-    waits: list[float] = []
-    monkeypatch.setattr(download_module, "_sleep", waits.append)
-    return waits
 
 
 @pytest.fixture
@@ -115,19 +106,19 @@ def test_an_existing_target_is_replaced(tiny_archive, tmp_path: Path) -> None:
 
 
 def test_closed_port_falls_back_to_the_mirror(
-    tiny_config, tiny_archive, closed_port: int, no_sleep: list[float], tmp_path: Path
+    tiny_config, tiny_archive, closed_port: int, backoff_waits: list[float], tmp_path: Path
 ) -> None:
     archive, sha = tiny_archive
     data = tiny_config().data.model_copy(update={"url": f"http://127.0.0.1:{closed_port}/x", "mirrors": [str(archive)]})
     path = download_stage(data, tmp_path / "raw", progress=False, retries=2, backoff=0.5)
     assert file_sha256(path) == sha
-    assert no_sleep == [0.5, 1.0]  # a refused connection is transient: retried with backoff
+    assert backoff_waits == [0.5, 1.0]  # a refused connection is transient: retried with backoff
     assert_only(tmp_path / "raw", {data.archive_name})
 
 
 @pytest.mark.parametrize("scheme", ["path", "file"])
 def test_missing_file_falls_back_to_the_http_mirror_without_retrying(
-    tiny_config, tiny_archive, http_server: str, no_sleep: list[float], tmp_path: Path, scheme: str
+    tiny_config, tiny_archive, http_server: str, backoff_waits: list[float], tmp_path: Path, scheme: str
 ) -> None:
     archive, sha = tiny_archive
     missing = tmp_path / "nowhere" / "missing.tar.gz"
@@ -135,18 +126,18 @@ def test_missing_file_falls_back_to_the_http_mirror_without_retrying(
     data = tiny_config().data.model_copy(update={"url": first, "mirrors": [f"{http_server}/{archive.name}"]})
     path = download_stage(data, tmp_path / "raw", progress=False)
     assert file_sha256(path) == sha
-    assert no_sleep == []  # a missing file will not appear on retry
+    assert backoff_waits == []  # a missing file will not appear on retry
     assert_only(tmp_path / "raw", {data.archive_name})
 
 
 def test_http_404_falls_back_to_the_mirror(
-    tiny_archive, http_server: str, no_sleep: list[float], tmp_path: Path
+    tiny_archive, http_server: str, backoff_waits: list[float], tmp_path: Path
 ) -> None:
     archive, sha = tiny_archive
     target = tmp_path / "a.tar.gz"
     download([f"{http_server}/no-such-file", str(archive)], target, sha, progress=False)
     assert target.read_bytes() == archive.read_bytes()
-    assert no_sleep == []
+    assert backoff_waits == []
 
 
 # --- failures ----------------------------------------------------------------------------
@@ -154,7 +145,7 @@ def test_http_404_falls_back_to_the_mirror(
 
 @pytest.mark.parametrize("source", ["path", "file", "http"])
 def test_checksum_mismatch_names_both_hashes_and_leaves_nothing(
-    tiny_config, tiny_archive, http_server: str, no_sleep: list[float], tmp_path: Path, source: str
+    tiny_config, tiny_archive, http_server: str, backoff_waits: list[float], tmp_path: Path, source: str
 ) -> None:
     archive, sha = tiny_archive
     url = {"path": str(archive), "file": archive.as_uri(), "http": f"{http_server}/{archive.name}"}[source]
@@ -165,12 +156,12 @@ def test_checksum_mismatch_names_both_hashes_and_leaves_nothing(
     message = str(caught.value)
     assert WRONG_SHA in message
     assert sha in message
-    assert no_sleep == []  # other bytes will not change on retry
+    assert backoff_waits == []  # other bytes will not change on retry
     assert_only(raw, set())  # no archive, no *.partial-* temp file
 
 
 def test_checksum_mismatch_on_every_url_is_reported_per_url(
-    tiny_archive, tmp_path: Path, no_sleep: list[float]
+    tiny_archive, tmp_path: Path, backoff_waits: list[float]
 ) -> None:
     archive, sha = tiny_archive
     copy = tmp_path / "src" / "copy.tar.gz"
@@ -186,7 +177,7 @@ def test_checksum_mismatch_on_every_url_is_reported_per_url(
 
 
 def test_unreachable_url_without_mirror_names_the_url(
-    tiny_config, closed_port: int, no_sleep: list[float], tmp_path: Path
+    tiny_config, closed_port: int, backoff_waits: list[float], tmp_path: Path
 ) -> None:
     url = f"http://127.0.0.1:{closed_port}/20news.tar.gz"
     data = tiny_config().data.model_copy(update={"url": url, "mirrors": []})
@@ -195,18 +186,18 @@ def test_unreachable_url_without_mirror_names_the_url(
         download_stage(data, raw, progress=False, retries=1, backoff=0.1)
     assert url in str(caught.value)
     assert "after 2 attempts" in str(caught.value)
-    assert no_sleep == [0.1]
+    assert backoff_waits == [0.1]
     assert_only(raw, set())
 
 
-def test_missing_local_path_without_mirror_names_the_path(tmp_path: Path, no_sleep: list[float]) -> None:
+def test_missing_local_path_without_mirror_names_the_path(tmp_path: Path, backoff_waits: list[float]) -> None:
     missing = tmp_path / "missing.tar.gz"
     with pytest.raises(TextclfError, match="missing.tar.gz"):
         download([str(missing)], tmp_path / "out" / "a.tar.gz", WRONG_SHA, progress=False)
 
 
 @pytest.mark.parametrize("url", ["ftp://example.org/20news.tar.gz", "s3://bucket/20news.tar.gz"])
-def test_unsupported_scheme(tiny_config, tmp_path: Path, url: str, no_sleep: list[float]) -> None:
+def test_unsupported_scheme(tiny_config, tmp_path: Path, url: str, backoff_waits: list[float]) -> None:
     scheme = url.split(":", 1)[0]
     data = tiny_config().data.model_copy(update={"url": url})
     with pytest.raises(TextclfError, match=rf"unsupported URL scheme '{scheme}'") as caught:

@@ -138,14 +138,6 @@ def server(request: pytest.FixtureRequest) -> FaultServer:
     return httpd
 
 
-@pytest.fixture
-def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Records each backoff instead of waiting it out."""
-    recorded: list[float] = []
-    monkeypatch.setattr(download_module, "_sleep", recorded.append)
-    return recorded
-
-
 def fetch(urls: list[str], target: Path, retries: int = 3, timeout: float = TIMEOUT) -> Path:
     return download(urls, target, SHA256, progress=False, retries=retries, backoff=0.01, timeout=timeout)
 
@@ -154,35 +146,37 @@ def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
 
-def test_5xx_is_retried_with_exponential_backoff(server, sleeps, tmp_path: Path) -> None:
+def test_5xx_is_retried_with_exponential_backoff(server, backoff_waits, tmp_path: Path) -> None:
     target = fetch([server.url("/flaky/3")], tmp_path / "a.tar.gz", retries=3)
     assert target.read_bytes() == PAYLOAD
     assert server.hits["/flaky/3"] == 4
-    assert sleeps == pytest.approx([0.01, 0.02, 0.04])
+    assert backoff_waits == pytest.approx([0.01, 0.02, 0.04])
     assert leftovers(tmp_path) == ["a.tar.gz"]
 
 
-def test_5xx_past_the_retries_fails_over_to_the_mirror(server, sleeps, tmp_path: Path) -> None:
+def test_5xx_past_the_retries_fails_over_to_the_mirror(server, backoff_waits, tmp_path: Path) -> None:
     target = fetch([server.url("/flaky/99"), server.url("/ok")], tmp_path / "a.tar.gz", retries=2)
     assert target.read_bytes() == PAYLOAD
     assert server.hits["/flaky/99"] == 3 and server.hits["/ok"] == 1
 
 
-def test_404_is_not_retried(server, sleeps, tmp_path: Path) -> None:
+def test_404_is_not_retried(server, backoff_waits, tmp_path: Path) -> None:
     target = fetch([server.url("/missing"), server.url("/ok")], tmp_path / "a.tar.gz")
     assert target.read_bytes() == PAYLOAD
     assert server.hits["/missing"] == 1
-    assert sleeps == []
+    assert backoff_waits == []
 
 
-def test_a_connection_dropped_midway_restarts_cleanly(server, sleeps, tmp_path: Path) -> None:
+def test_a_connection_dropped_midway_restarts_cleanly(server, backoff_waits, tmp_path: Path) -> None:
     target = fetch([server.url("/drop-once")], tmp_path / "a.tar.gz")
     assert target.read_bytes() == PAYLOAD  # not the first half twice, not half
     assert server.hits["/drop-once"] == 2
     assert leftovers(tmp_path) == ["a.tar.gz"]
 
 
-def test_a_connection_dropped_every_time_fails_in_one_line_and_leaves_nothing(server, sleeps, tmp_path: Path) -> None:
+def test_a_connection_dropped_every_time_fails_in_one_line_and_leaves_nothing(
+    server, backoff_waits, tmp_path: Path
+) -> None:
     url = server.url("/drop")
     with pytest.raises(TextclfError) as error:
         fetch([url], tmp_path / "raw" / "a.tar.gz", retries=2)
@@ -194,10 +188,10 @@ def test_a_connection_dropped_every_time_fails_in_one_line_and_leaves_nothing(se
     assert leftovers(tmp_path / "raw") == []
 
 
-def test_wrong_bytes_fail_over_at_once_and_are_never_kept(server, sleeps, tmp_path: Path) -> None:
+def test_wrong_bytes_fail_over_at_once_and_are_never_kept(server, backoff_waits, tmp_path: Path) -> None:
     target = fetch([server.url("/wrong"), server.url("/ok")], tmp_path / "a.tar.gz")
     assert target.read_bytes() == PAYLOAD
-    assert server.hits["/wrong"] == 1 and sleeps == []
+    assert server.hits["/wrong"] == 1 and backoff_waits == []
 
     with pytest.raises(TextclfError, match="checksum mismatch for .*/wrong") as error:
         fetch([server.url("/wrong")], tmp_path / "b.tar.gz")
@@ -206,7 +200,7 @@ def test_wrong_bytes_fail_over_at_once_and_are_never_kept(server, sleeps, tmp_pa
 
 
 @pytest.mark.parametrize("path", ["/stall", "/stall-body"])
-def test_a_stalled_server_times_out_and_is_retried(server, sleeps, tmp_path: Path, path: str) -> None:
+def test_a_stalled_server_times_out_and_is_retried(server, backoff_waits, tmp_path: Path, path: str) -> None:
     started = time.monotonic()
     with pytest.raises(TextclfError) as error:
         fetch([server.url(path)], tmp_path / "a.tar.gz", retries=1, timeout=TIMEOUT)
@@ -221,18 +215,18 @@ def test_a_stalled_server_times_out_and_is_retried(server, sleeps, tmp_path: Pat
     assert target.read_bytes() == PAYLOAD
 
 
-def test_a_refused_connection_is_retried_then_named(sleeps, tmp_path: Path) -> None:
+def test_a_refused_connection_is_retried_then_named(backoff_waits, tmp_path: Path) -> None:
     with socket.socket() as probe:  # a port nobody listens on once this closes
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"http://127.0.0.1:{port}/a.tar.gz"
     with pytest.raises(TextclfError) as error:
         fetch([url], tmp_path / "a.tar.gz", retries=2)
-    assert len(sleeps) == 2
+    assert len(backoff_waits) == 2
     assert url in str(error.value) and "refused" in str(error.value).lower()
 
 
-def test_every_failure_is_listed_in_one_line(server, sleeps, tmp_path: Path) -> None:
+def test_every_failure_is_listed_in_one_line(server, backoff_waits, tmp_path: Path) -> None:
     urls = [server.url("/missing"), server.url("/flaky/99"), str(tmp_path / "nowhere.tar.gz")]
     with pytest.raises(TextclfError) as error:
         fetch(urls, tmp_path / "raw" / "a.tar.gz", retries=1)
@@ -261,7 +255,9 @@ def basic(credentials: bytes) -> str:
     return "Basic " + base64.b64encode(credentials).decode()
 
 
-def test_credentials_in_a_url_are_refused_and_never_shown(server, sleeps, no_credentials, tmp_path: Path) -> None:
+def test_credentials_in_a_url_are_refused_and_never_shown(
+    server, backoff_waits, no_credentials, tmp_path: Path
+) -> None:
     port = server.server_address[1]
     for url in (f"http://alice:hunter2@127.0.0.1:{port}/auth", f"http://hunter2@127.0.0.1:{port}/auth"):
         with pytest.raises(TextclfError) as error:
@@ -274,7 +270,7 @@ def test_credentials_in_a_url_are_refused_and_never_shown(server, sleeps, no_cre
 
 
 def test_netrc_credentials_are_sent_as_basic_auth_to_their_host(
-    server, sleeps, no_credentials: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    server, backoff_waits, no_credentials: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     server.expected_auth = basic(b"alice:hunter2")
     with pytest.raises(TextclfError, match="HTTP 401"):  # no netrc: no credentials
@@ -293,7 +289,7 @@ def test_netrc_credentials_are_sent_as_basic_auth_to_their_host(
 
 
 def test_environment_credentials_go_to_the_host_of_data_url_only(
-    server, sleeps, no_credentials, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    server, backoff_waits, no_credentials, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     server.expected_auth = basic(b"alice:hunter2")
     monkeypatch.setenv(download_module.AUTH_ENV, "alice:hunter2")
@@ -308,7 +304,9 @@ def test_environment_credentials_go_to_the_host_of_data_url_only(
     assert server.authorization == [basic(b"alice:hunter2"), basic(b"alice:hunter2"), None, "Bearer t0ken"]
 
 
-def test_a_body_past_the_download_limit_stops_at_the_limit_and_leaves_nothing(server, sleeps, tmp_path: Path) -> None:
+def test_a_body_past_the_download_limit_stops_at_the_limit_and_leaves_nothing(
+    server, backoff_waits, tmp_path: Path
+) -> None:
     limit = 256 * 1024
     with pytest.raises(TextclfError) as error:
         download([server.url("/endless")], tmp_path / "raw" / "a.tar.gz", SHA256, progress=False, max_bytes=limit)
@@ -316,12 +314,14 @@ def test_a_body_past_the_download_limit_stops_at_the_limit_and_leaves_nothing(se
         f"could not download the archive: {server.url('/endless')}: the body sent is over "
         f"data.max_download_bytes={limit} (raise it, or set it to null for no limit, if this source is trusted)"
     )
-    assert server.hits["/endless"] == 1 and sleeps == []  # not retried
+    assert server.hits["/endless"] == 1 and backoff_waits == []  # not retried
     assert leftovers(tmp_path / "raw") == []
     assert server.endless_sent < ENDLESS_CAP
 
 
-def test_a_content_length_past_the_download_limit_is_refused_before_reading(server, sleeps, tmp_path: Path) -> None:
+def test_a_content_length_past_the_download_limit_is_refused_before_reading(
+    server, backoff_waits, tmp_path: Path
+) -> None:
     with pytest.raises(TextclfError) as error:
         download([server.url("/huge")], tmp_path / "raw" / "a.tar.gz", SHA256, progress=False, max_bytes=1 << 20)
     message = str(error.value)
@@ -335,7 +335,7 @@ def test_a_content_length_past_the_download_limit_is_refused_before_reading(serv
 
 
 @pytest.mark.parametrize("source", ["file:///dev/zero", "/dev/zero"])
-def test_a_device_is_not_read_as_an_archive(sleeps, tmp_path: Path, source: str) -> None:
+def test_a_device_is_not_read_as_an_archive(backoff_waits, tmp_path: Path, source: str) -> None:
     with pytest.raises(TextclfError) as error:
         download([source], tmp_path / "raw" / "a.tar.gz", SHA256, progress=False, max_bytes=1 << 20)
     assert str(error.value) == (
@@ -344,7 +344,7 @@ def test_a_device_is_not_read_as_an_archive(sleeps, tmp_path: Path, source: str)
     assert leftovers(tmp_path / "raw") == []
 
 
-def test_a_local_file_past_the_download_limit_is_refused(sleeps, tmp_path: Path) -> None:
+def test_a_local_file_past_the_download_limit_is_refused(backoff_waits, tmp_path: Path) -> None:
     archive = tmp_path / "big.tar.gz"
     archive.write_bytes(PAYLOAD)
     for source in (str(archive), archive.as_uri()):
@@ -353,9 +353,9 @@ def test_a_local_file_past_the_download_limit_is_refused(sleeps, tmp_path: Path)
     assert leftovers(tmp_path / "raw") == []
 
 
-def test_the_stage_retries_then_uses_the_mirrors(server, sleeps, tiny_config, tmp_path: Path) -> None:
+def test_the_stage_retries_then_uses_the_mirrors(server, backoff_waits, tiny_config, tmp_path: Path) -> None:
     cfg = tiny_config()
     data = cfg.data.model_copy(update={"url": server.url("/flaky/1"), "mirrors": [server.url("/ok")], "sha256": SHA256})
     path = download_stage(data, cfg.paths.raw, progress=False, retries=1, backoff=0.01, timeout=TIMEOUT)
     assert path == cfg.paths.raw / cfg.data.archive_name and path.read_bytes() == PAYLOAD
-    assert server.hits["/flaky/1"] == 2 and server.hits["/ok"] == 0 and sleeps == [0.01]
+    assert server.hits["/flaky/1"] == 2 and server.hits["/ok"] == 0 and backoff_waits == [0.01]
