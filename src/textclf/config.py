@@ -38,26 +38,30 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
+    """The keys every data source shares; the source's own keys (``data.path``, ``data.url``,
+    ...) are its constructor's arguments, checked against its signature (``_target_``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    target: str = Field(alias="_target_")
     name: str = Field(min_length=1)  # the corpus, as the runs are tagged (data_name)
-    url: str = Field(min_length=1)
-    mirrors: list[str]
-    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
-    # The corpus's content hash (textclf.data.archive.content_line): a local copy whose files
-    # hash to it is accepted though its bytes differ (null: only data.sha256 is accepted).
-    content_sha256: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None
-    archive_name: str = Field(min_length=1)
-    train_dir: str = Field(min_length=1)
-    test_dir: str = Field(min_length=1)
-    remove: list[Literal["headers", "footers", "quotes"]]
-    lowercase: bool
-    token_pattern: str = Field(min_length=1)
-    min_freq: PositiveInt
-    max_vocab: PositiveInt | None
+    # Held out, stratified and seeded, when the source has no such split: the test split
+    # from all documents, the validation split from the training documents left.
+    test_fraction: Annotated[float, Field(gt=0, lt=1)]
     val_fraction: Annotated[float, Field(gt=0, lt=1)]
     split_seed: NonNegativeInt
     max_document_bytes: PositiveInt | None  # null: no limit
     max_archive_bytes: PositiveInt | None
     max_download_bytes: PositiveInt | None
+
+    @property
+    def source_options(self) -> dict[str, Any]:
+        """The source's own keys, with its ``_target_``: what ``build("data", ...)`` takes."""
+        return {"_target_": self.target, **(self.model_extra or {})}
+
+
+# The data keys that belong to the pipeline rather than to the source.
+COMMON_DATA_KEYS = frozenset(field.alias or name for name, field in DataConfig.model_fields.items()) - {"_target_"}
 
 
 class TrainConfig(_Section):
@@ -75,6 +79,13 @@ class TrainConfig(_Section):
 # What each built section may name: every class or function the project builds from a config
 # section or a checkpoint's hyperparameters. Imported by name only once a name is found here.
 TARGETS = {
+    "data": (
+        "textclf.data.sources.usenet.UsenetArchive",
+        "textclf.data.sources.folder.Folder",
+        "textclf.data.sources.table.Table",
+        "textclf.data.sources.hf.HuggingFaceDataset",
+    ),
+    "encoder": ("textclf.encoders.regex.RegexEncoder",),
     "model": (
         "textclf.models.fasttext.FastText",
         "textclf.models.lstm.LSTMClassifier",
@@ -136,6 +147,7 @@ class Config(_Section):
 
     seed: NonNegativeInt
     data: DataConfig
+    encoder: dict[str, Any]
     model: dict[str, Any]
     optimizer: OptimizerConfig
     scheduler: dict[str, Any]
@@ -150,12 +162,39 @@ class Config(_Section):
 
 # Arguments the pipeline supplies when it builds an object, so they are not config keys.
 RUNTIME_ARGUMENTS = {
+    "data": ("limits", "downloads"),
+    "encoder": (),
     "model": ("vocab_size", "num_classes"),
     "scheduler": ("optimizer", "total_steps"),
 }
 # Whether a section is built as a partial, finished with its runtime arguments later
 # (``_partial_: true``; the optimizer's is fixed by OptimizerConfig).
-PARTIAL = {"model": False, "optimizer": True, "scheduler": True}
+PARTIAL = {"data": False, "encoder": False, "model": False, "optimizer": True, "scheduler": True}
+# The built sections each stage checks (and so imports): the data stages build the source and
+# the encoder, train and evaluate the model and its schedule (see ``validate``).
+DATA_SECTIONS = ("data", "encoder")
+MODEL_SECTIONS = ("model", "scheduler")
+ALL_SECTIONS = DATA_SECTIONS + MODEL_SECTIONS
+
+
+def build(section: str, values: Mapping[str, Any], **runtime: Any) -> Any:
+    """A ``_target_`` section -> what it names, called with its other keys and ``runtime``
+    (a ``functools.partial`` for the sections built later; the same call Hydra's instantiate
+    makes). Only the project's own classes (TARGETS) are ever built: the sections come from a
+    validated config or from a checkpoint that load_checkpoint checked first."""
+    import functools
+
+    from hydra.utils import get_object
+
+    target = values.get("_target_")
+    if target not in TARGETS[section]:
+        known = ", ".join(TARGETS[section])
+        raise TextclfError(f"{section}._target_: refusing to build {target!r} (not one of: {known})")
+    arguments = {key: value for key, value in values.items() if key not in ("_target_", "_partial_")}
+    made = get_object(target)
+    if PARTIAL[section]:
+        return functools.partial(made, **arguments, **runtime)
+    return made(**arguments, **runtime)
 
 
 def _check_target_section(section: str, values: Mapping[str, Any]) -> list[str]:
@@ -259,13 +298,15 @@ def credential_problems(values: Any, prefix: str = "") -> list[str]:
     ]
 
 
-def validate(cfg: DictConfig | Mapping[str, Any], source: str = "config", check_targets: bool = True) -> Config:
+def validate(
+    cfg: DictConfig | Mapping[str, Any], source: str = "config", targets: tuple[str, ...] = ALL_SECTIONS
+) -> Config:
     """Validates the whole config; raises one TextclfError that lists every problem.
 
-    ``check_targets``: also check the ``_target_`` sections (model, scheduler) against the
-    signatures of what they build, which imports those modules. The data stages build none of
-    them and pass False, so an edit to a model's code reruns neither download nor preprocess
-    (dvc.yaml lists only the modules a stage runs); train and evaluate check them."""
+    ``targets``: the ``_target_`` sections also checked against the signatures of what they
+    build, which imports those modules. The data stages check DATA_SECTIONS and train and
+    evaluate MODEL_SECTIONS, so an edit to a model's code reruns neither download nor
+    preprocess (dvc.yaml lists only the modules a stage runs), nor an edit to a source train."""
     container = OmegaConf.create(cfg) if not isinstance(cfg, DictConfig) else cfg
     values = OmegaConf.to_container(container, resolve=True)
     problems: list[str] = credential_problems(values)
@@ -274,8 +315,10 @@ def validate(cfg: DictConfig | Mapping[str, Any], source: str = "config", check_
     except ValidationError as error:
         problems.extend(_format_pydantic(error))
         parsed = None
-    for section in RUNTIME_ARGUMENTS if check_targets else ():
+    for section in targets:
         section_values = values.get(section)
+        if section == "data" and isinstance(section_values, dict):  # the source's own keys only
+            section_values = {k: v for k, v in section_values.items() if k not in COMMON_DATA_KEYS}
         if isinstance(section_values, dict):
             problems.extend(_check_target_section(section, section_values))
     model, trainer = values.get("model"), values.get("trainer")
@@ -303,7 +346,7 @@ def _check_devices(trainer: Any) -> list[str]:
     return []
 
 
-def load_params(path: str | Path = "params.yaml", check_targets: bool = True) -> Config:
+def load_params(path: str | Path = "params.yaml", targets: tuple[str, ...] = ALL_SECTIONS) -> Config:
     """Reads and validates params.yaml (the composition of conf/, written by DVC or by hand)."""
     path = Path(path)
     if not path.is_file():
@@ -314,7 +357,7 @@ def load_params(path: str | Path = "params.yaml", check_targets: bool = True) ->
         raise TextclfError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from error
     if not isinstance(values, dict):
         raise TextclfError(f"{path}: expected a mapping of config sections")
-    return validate(values, source=str(path), check_targets=check_targets)
+    return validate(values, source=str(path), targets=targets)
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

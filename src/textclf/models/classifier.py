@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from hydra.utils import get_object
 from torch import nn
 from torchmetrics import MeanMetric
 
-from textclf.config import PARTIAL, TARGETS
+from textclf.config import build
 from textclf.errors import TextclfError
 from textclf.metrics import TRAIN_LOSS_EPOCH, TRAIN_LOSS_STEP, VAL_LOSS, val_metrics
 from textclf.models.optim import build_optimizer
@@ -20,22 +17,6 @@ from textclf.models.optim import build_optimizer
 
 class NonFiniteLoss(TextclfError):
     """The training loss became NaN or infinite: training stops rather than go on diverged."""
-
-
-def build(section: str, values: Mapping[str, Any], **runtime: Any) -> Any:
-    """A ``_target_`` section -> what it names, called with its other keys and ``runtime``
-    (a ``functools.partial`` for the sections built later; the same call Hydra's instantiate
-    makes). Only the project's own classes (config.TARGETS) are ever built: the sections
-    come from a validated config or from a checkpoint that load_checkpoint checked first."""
-    target = values.get("_target_")
-    if target not in TARGETS[section]:
-        known = ", ".join(TARGETS[section])
-        raise TextclfError(f"{section}._target_: refusing to build {target!r} (not one of: {known})")
-    arguments = {key: value for key, value in values.items() if key not in ("_target_", "_partial_")}
-    made = get_object(target)
-    if PARTIAL[section]:
-        return functools.partial(made, **arguments, **runtime)
-    return made(**arguments, **runtime)
 
 
 class TextClassifier(pl.LightningModule):

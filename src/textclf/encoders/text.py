@@ -1,8 +1,10 @@
-"""Turning raw Usenet messages into token lists.
+"""Text as the encoders see it: bytes decoded one way everywhere, and optional clean-up.
 
-Bytes are decoded as Latin-1, which maps every byte to a character, so no message can fail
-to decode (the corpus is mostly ASCII with some Latin-1). The optional stripping of headers,
-signature blocks and quoted replies follows scikit-learn's ``remove=`` for 20 Newsgroups.
+Sources that read bytes decode them with ``decode`` (their ``encoding``, UTF-8 by default; a
+document whose bytes are not valid in it is read as Latin-1, which maps every byte, and
+counted). The served model receives strings, decoded by its caller, so preprocess and serving
+see the same characters. The optional stripping of headers, signature blocks and quoted
+replies follows scikit-learn's ``remove=`` for 20 Newsgroups.
 """
 
 from __future__ import annotations
@@ -15,8 +17,26 @@ from textclf.errors import TextclfError
 _QUOTE_LINE = re.compile(r"(writes in|writes:|wrote:|says:|said:|^In article|^Quoted from|^\||^>)")
 
 
-def decode(raw: bytes) -> str:
-    return raw.decode("latin-1")
+FALLBACK_ENCODING = "latin-1"
+
+
+def decode(raw: bytes, encoding: str = "utf-8") -> tuple[str, bool]:
+    """-> (the text, whether it fell back to Latin-1 because ``raw`` is not valid ``encoding``)."""
+    try:
+        return raw.decode(encoding), False
+    except UnicodeDecodeError:
+        return raw.decode(FALLBACK_ENCODING), True
+
+
+def check_encoding(encoding: str) -> str:
+    """A codec name Python knows (data.encoding), else one line naming it."""
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise TextclfError(f"data.encoding: unknown text encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
+    return encoding
 
 
 def strip_headers(text: str) -> str:
@@ -57,7 +77,7 @@ class Tokenizer:
         try:
             self._find = re.compile(pattern).findall
         except re.error as error:
-            raise TextclfError(f"data.token_pattern: not a valid regex ({error})") from error
+            raise TextclfError(f"encoder.token_pattern: not a valid regex ({error})") from error
         self.lowercase = lowercase
 
     def __call__(self, text: str) -> list[str]:
