@@ -154,7 +154,7 @@ def texts_and_labels(cfg) -> tuple[list[str], list[str], list[str], list[str]]:
     split = {cfg.data.train_dir: ([], []), cfg.data.test_dir: ([], [])}
     for message in messages:
         texts, labels = split[message.split]
-        texts.append(clean(decode(message.raw), cfg.data.remove))
+        texts.append(clean(decode(message.raw), cfg.encoder.remove))
         labels.append(message.group)
     (train_x, train_y), (test_x, test_y) = split[cfg.data.train_dir], split[cfg.data.test_dir]
     return train_x, train_y, test_x, test_y
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     archive = cfg.paths.raw / cfg.data.archive_name
     manifest: dict[str, Any] = {}
     prep_seconds = median_time(
-        lambda: manifest.update(preprocess(cfg.data, archive, cfg.paths.processed)), args.repeats
+        lambda: manifest.update(preprocess(cfg, archive.parent, cfg.paths.processed)), args.repeats
     )
     results["counts"] = manifest["counts"]
 

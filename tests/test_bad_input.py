@@ -226,7 +226,7 @@ def test_bad_archive_stops_preprocess(tmp_path: Path, row: str) -> None:
     else:
         cfg = load_params(params)
         with pytest.raises(TextclfError) as error:
-            preprocess(cfg.data, archive, cfg.paths.processed)
+            preprocess(cfg, archive.parent, cfg.paths.processed)
         assert_one_line(str(error.value), str(archive), named)
     assert_nothing_half_written(tmp_path, "preprocess")
 
@@ -253,7 +253,7 @@ def test_empty_binary_and_non_utf8_documents_are_kept_and_counted(tmp_path: Path
     archive = tmp_path / "raw" / "20news-bydate.tar.gz"
     write_archive(archive, [*corpus_members(), *(file_member(name, raw) for name, raw in odd.items())])
     cfg = load_params(params)
-    manifest = preprocess(cfg.data, archive, cfg.paths.processed)
+    manifest = preprocess(cfg, archive.parent, cfg.paths.processed)
     groups = len(GROUP_WORDS)
     assert manifest["counts"]["train"] + manifest["counts"]["val"] == groups * PER_GROUP[TRAIN] + 3
     assert manifest["counts"]["test"] == groups * PER_GROUP[TEST] + 2
@@ -276,7 +276,7 @@ def test_duplicate_documents_are_reported_in_the_manifest(tmp_path: Path) -> Non
     archive = tmp_path / "raw" / "20news-bydate.tar.gz"
     write_archive(archive, [*members, *(file_member(name, raw) for name, raw in copies.items())])
     cfg = load_params(params)
-    preprocess(cfg.data, archive, cfg.paths.processed)
+    preprocess(cfg, archive.parent, cfg.paths.processed)
     manifest = read_manifest(cfg.paths.processed)
     assert manifest["duplicates"] == {"within_train": 2, "within_test": 1, "test_in_train": 1}
     assert manifest["counts"]["test"] == len(GROUP_WORDS) * PER_GROUP[TEST] + 2  # all kept
@@ -373,8 +373,8 @@ def prepared(tmp_path: Path):
     def build(*overrides: str, edit: Callable[[dict], None] | None = None):
         params = write_params(tmp_path, *overrides, edit=edit)
         cfg = load_params(params)
-        download(cfg.data, cfg.paths.raw, progress=False)
-        preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+        download(cfg, cfg.paths.raw, progress=False)
+        preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
         return params, cfg
 
     return build
@@ -453,16 +453,16 @@ def test_a_full_disk_leaves_nothing_half_written(tmp_path: Path, monkeypatch, wh
     stage, patched = where.split(":")
     cfg = load_params(write_params(tmp_path))
     if stage == "preprocess":
-        download(cfg.data, cfg.paths.raw, progress=False)
+        download(cfg, cfg.paths.raw, progress=False)
     if patched == "torch.save":
         monkeypatch.setattr(torch, "save", _half_written_then_disk_full)
     else:
         monkeypatch.setattr(os, "replace", _disk_full)
     with pytest.raises(TextclfError) as error:
         if stage == "preprocess":
-            preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+            preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
         else:
-            download(cfg.data, cfg.paths.raw, progress=False)
+            download(cfg, cfg.paths.raw, progress=False)
     target = cfg.paths.processed if stage == "preprocess" else cfg.paths.raw / cfg.data.archive_name
     assert_one_line(str(error.value), f"cannot write {target}: No space left on device")
     assert_nothing_half_written(tmp_path, stage)
@@ -484,9 +484,9 @@ def test_a_real_full_disk_during_preprocess_is_one_line_and_leaves_nothing(
     tmp_path: Path, tiny_filesystem: Path
 ) -> None:
     cfg = load_params(write_params(tmp_path, f"paths.processed={tiny_filesystem / 'processed'}"))
-    download(cfg.data, cfg.paths.raw, progress=False)
+    download(cfg, cfg.paths.raw, progress=False)
     with pytest.raises(TextclfError) as error:
-        preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+        preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
     assert_one_line(
         str(error.value), f"cannot write {cfg.paths.processed}: No space left on device (nothing was written"
     )

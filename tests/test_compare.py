@@ -118,7 +118,7 @@ def test_params_that_differ_among_the_listed_runs_get_columns_and_equal_ones_do_
     base = {
         "optimizer._target_": "torch.optim.Adam",
         "optimizer.lr": "0.01",
-        "data.min_freq": "2",
+        "encoder.min_freq": "2",
         "model._target_": "textclf.models.fasttext.FastText",
         "model.dropout": "0.0",
     }
@@ -164,4 +164,4 @@ def test_params_that_differ_among_the_listed_runs_get_columns_and_equal_ones_do_
     monkeypatch.setenv("COLUMNS", "250")
     main(["--tracking-uri", uri, "--top", "3"])
     header = capsys.readouterr().out
-    assert "seed" in header and "model.dropout" not in header and "data.min_freq" not in header
+    assert "seed" in header and "model.dropout" not in header and "encoder.min_freq" not in header

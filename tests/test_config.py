@@ -68,7 +68,7 @@ def test_seed_zero_is_a_seed() -> None:
         ("seed=-3", "seed"),
         ("data.sha256=abc", "data.sha256"),
         ("data.val_fraction=1.5", "data.val_fraction"),
-        ("data.remove=[signatures]", "data.remove"),
+        ("encoder.remove=[signatures]", "encoder.remove"),
         ("model.embed_dim=-8", "model.embed_dim"),
         ("model.embed_dim=wide", "model.embed_dim"),
         ("model.dropout=2", "model.dropout"),

@@ -64,7 +64,7 @@ def unpack(source: Path, target: Path) -> Path:
 
 
 def processed_files(cfg, archive: Path, out: Path) -> dict[str, bytes]:
-    preprocess(cfg.data, archive, out, parallel=False)
+    preprocess(cfg, archive.parent, out, parallel=False)
     return {path.name: path.read_bytes() for path in sorted(out.iterdir())}
 
 
@@ -74,7 +74,7 @@ def test_the_pinned_archive_in_the_data_home_is_taken_without_the_network(
     archive, sha256 = tiny_archive
     shutil.copyfile(archive, home / archive.name)
     cfg = offline_config(tiny_config, tiny_archive)
-    path = download(cfg.data, cfg.paths.raw, progress=False)
+    path = download(cfg, cfg.paths.raw, progress=False)
     assert path == cfg.paths.raw / cfg.data.archive_name
     assert file_sha256(path) == sha256 and backoff_waits == []
     assert sorted(p.name for p in cfg.paths.raw.iterdir()) == [cfg.data.archive_name]
@@ -87,7 +87,7 @@ def test_a_repack_of_the_corpus_is_taken_by_its_content_hash_and_preprocesses_to
     repacked = repack(archive, home / archive.name)
     assert file_sha256(repacked) != sha256 and content_sha256(repacked) == content_sha256(archive)
     cfg = offline_config(tiny_config, tiny_archive)
-    path = download(cfg.data, cfg.paths.raw, progress=False)
+    path = download(cfg, cfg.paths.raw, progress=False)
     assert path.read_bytes() == repacked.read_bytes()
     # Every file, manifest.json included: DVC sees the same data/processed, so train never reruns.
     assert processed_files(cfg, path, tmp_path / "from-repack") == processed_files(
@@ -101,8 +101,8 @@ def test_an_unpacked_copy_is_packed_deterministically_and_preprocesses_to_the_sa
     archive, _ = tiny_archive
     unpack(archive, home / "20news-bydate")
     cfg = offline_config(tiny_config, tiny_archive)
-    first = download(cfg.data, tmp_path / "first", progress=False)
-    second = download(cfg.data, tmp_path / "second", progress=False)
+    first = download(cfg, tmp_path / "first", progress=False)
+    second = download(cfg, tmp_path / "second", progress=False)
     assert first.read_bytes() == second.read_bytes()
     assert content_sha256(first) == content_sha256(archive)
     assert processed_files(cfg, first, tmp_path / "from-directory") == processed_files(
@@ -122,7 +122,7 @@ def test_a_different_corpus_in_the_data_home_is_refused_naming_both_hashes(
         shutil.copyfile(other, home / "20news-bydate.tar.gz")
     cfg = offline_config(tiny_config, tiny_archive)
     with pytest.raises(TextclfError) as caught:
-        download(cfg.data, cfg.paths.raw, progress=False)
+        download(cfg, cfg.paths.raw, progress=False)
     message = str(caught.value)
     assert "\n" not in message and "not the pinned corpus" in message
     assert cfg.data.sha256 in message and cfg.data.content_sha256 in message
@@ -136,7 +136,7 @@ def test_a_link_in_an_unpacked_copy_is_refused(tiny_config, tiny_archive, home: 
     (unpacked / "20news-bydate-train" / "rec.boats" / "9999").symlink_to("/etc/hostname")
     cfg = offline_config(tiny_config, tiny_archive)
     with pytest.raises(TextclfError, match="links are not allowed"):
-        download(cfg.data, cfg.paths.raw, progress=False)
+        download(cfg, cfg.paths.raw, progress=False)
     assert not cfg.paths.raw.exists() or list(cfg.paths.raw.iterdir()) == []
 
 
@@ -153,7 +153,7 @@ def test_an_unresolvable_host_is_tried_once_and_the_error_says_how_to_use_a_loca
         monkeypatch.setenv("TEXTCLF_DATA_HOME", str(tmp_path))
     cfg = offline_config(tiny_config, tiny_archive)
     with pytest.raises(TextclfError) as caught:
-        download(cfg.data, cfg.paths.raw, progress=False)
+        download(cfg, cfg.paths.raw, progress=False)
     message = str(caught.value)
     assert backoff_waits == []  # a DNS failure is not retried
     assert "corpus.invalid" in message and "TEXTCLF_DATA_HOME" in message and "\n" not in message

@@ -75,7 +75,7 @@ def test_dvc_repro_runs_all_stages_then_only_what_changed(repo: Path, tiny_archi
 
     client = MlflowClient(uri)
     (run_record,) = client.search_runs([client.get_experiment_by_name("textclf").experiment_id])
-    assert run_record.data.params["data.min_freq"] == "1"
+    assert run_record.data.params["encoder.min_freq"] == "1"
     assert {"train/loss_epoch", "val/loss", "val/accuracy", "val/f1_macro", "test/accuracy", "test/f1_macro"} <= set(
         run_record.data.metrics
     )

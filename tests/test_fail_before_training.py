@@ -76,7 +76,7 @@ def test_a_corpus_that_would_fail_after_training_stops_preprocess(tmp_path: Path
     write_archive(archive, [*corpus_members(), *extra])
     cfg = load_params(params)
     with pytest.raises(TextclfError) as error:
-        preprocess(cfg.data, archive, cfg.paths.processed)
+        preprocess(cfg, archive.parent, cfg.paths.processed)
     assert_one_line(str(error.value), named)
     str(error.value).encode("utf-8")  # printable: no surrogate left in the line
     assert_nothing_half_written(tmp_path, "preprocess")
@@ -91,8 +91,8 @@ def prepared(tmp_path: Path):
     def build(*overrides: str):
         params = write_params(tmp_path, *overrides)
         cfg = load_params(params)
-        download(cfg.data, cfg.paths.raw, progress=False)
-        preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+        download(cfg, cfg.paths.raw, progress=False)
+        preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
         return params, cfg
 
     return build
@@ -108,7 +108,7 @@ TRAIN_ROWS = {
     # row: (overrides, what the one line must say)
     "embed-dim-too-large": (
         ["model.embed_dim=1000000", "model.ngram_buckets=1000000"],
-        "GiB of memory is available; lower model.embed_dim=1000000, model.ngram_buckets=1000000 (or data.max_vocab)",
+        "GiB of memory is available; lower model.embed_dim=1000000, model.ngram_buckets=1000000 (or encoder.max_vocab)",
     ),
     "gpu-without-gpu": (["trainer.accelerator=gpu"], "trainer.accelerator=gpu: no CUDA GPU is visible here"),
 }

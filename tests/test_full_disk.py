@@ -49,8 +49,8 @@ def contents(directory: Path) -> dict[str, bytes]:
 
 def test_a_full_artifact_store_is_named_and_models_is_not_written(tiny_config, mlflow_uri: str, tmp_path: Path) -> None:
     cfg = tiny_config("trainer.max_epochs=1")
-    download(cfg.data, cfg.paths.raw, progress=False)
-    preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+    download(cfg, cfg.paths.raw, progress=False)
+    preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
     # The SQLite store's artifacts go to mlartifacts/ beside mlflow.db. Train logs the config
     # (a few KB) there; evaluate the model (its checkpoint, the package's code: about 360 KB).
     with tmpfs(tmp_path / "mlartifacts", "128k") as artifacts:
@@ -77,8 +77,8 @@ def test_a_full_artifact_store_is_named_and_models_is_not_written(tiny_config, m
 
 def test_a_full_reports_filesystem_leaves_every_report_as_it_was(tiny_config, mlflow_uri: str, tmp_path: Path) -> None:
     cfg = tiny_config("trainer.max_epochs=1")
-    download(cfg.data, cfg.paths.raw, progress=False)
-    preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+    download(cfg, cfg.paths.raw, progress=False)
+    preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
     with tmpfs(cfg.paths.reports, "256k") as reports:
         train(cfg, cfg.paths.processed, cfg.paths.models, reports)
         # Room for the small reports (a page each), not for confusion.png (about 20 KB).

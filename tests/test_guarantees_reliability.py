@@ -85,8 +85,8 @@ def test_a_full_disk_while_writing_reports_leaves_nothing(
     tiny_config, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = tiny_config("trainer.max_epochs=1")
-    download(cfg.data, cfg.paths.raw, progress=False)
-    preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+    download(cfg, cfg.paths.raw, progress=False)
+    preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
     train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
     before = contents(cfg.paths.reports)  # training_curves.csv
     real_fdopen = os.fdopen

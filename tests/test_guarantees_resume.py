@@ -55,8 +55,8 @@ def uninterrupted(corpus, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = validate(
         compose([*overrides(*corpus), *paths(root), f"tracking.uri=sqlite:///{root / 'mlflow.db'}"], root=REPO_ROOT)
     )
-    download(cfg.data, cfg.paths.raw, progress=False)
-    preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+    download(cfg, cfg.paths.raw, progress=False)
+    preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
     train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
     evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
     return root
@@ -143,8 +143,8 @@ def killed_stage(corpus, tmp_path: Path) -> tuple[Path, object, str, dict[str, s
     params = tmp_path / "params.yaml"
     write_params(params, [*overrides(*corpus), *paths(tmp_path)], root=REPO_ROOT)
     cfg = load_params(params)
-    download(cfg.data, cfg.paths.raw, progress=False)
-    preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+    download(cfg, cfg.paths.raw, progress=False)
+    preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = subprocess_env(MLFLOW_TRACKING_URI=uri)
     kill_after_first_epoch(stage_command("train", params), tmp_path, env, cfg.paths.cache / "resume")

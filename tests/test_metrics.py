@@ -28,8 +28,8 @@ def test_train_monitor_accepts_exactly_the_metrics_with_a_mode(tiny_config) -> N
 
 def test_the_checkpoint_is_the_best_epoch_by_train_monitor_in_its_direction(tiny_config, mlflow_uri: str) -> None:
     cfg = tiny_config("train.monitor=val/loss", "trainer.max_epochs=3")
-    download(cfg.data, cfg.paths.raw, progress=False)
-    preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+    download(cfg, cfg.paths.raw, progress=False)
+    preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
     summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
     losses = [m.value for m in MlflowClient(mlflow_uri).get_metric_history(summary.run_id, metrics.VAL_LOSS)]
     assert summary.monitor == "val/loss" and len(losses) == 3

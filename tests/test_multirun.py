@@ -51,8 +51,8 @@ def test_multirun_gives_one_mlflow_run_per_job_and_shares_processed_data(tiny_ar
     sweep(
         cwd,
         env,
-        *[o for o in shared if not o.startswith("data.min_freq")],
-        "data.min_freq=1,2",
+        *[o for o in shared if not o.startswith("encoder.min_freq")],
+        "encoder.min_freq=1,2",
         *TINY_MODELS["fasttext"],
     )
     assert len(client.search_runs([experiment])) == 4

@@ -43,8 +43,8 @@ def execute(name: str, parameters: dict[str, Any]) -> dict[str, Any]:
 
 def test_the_exploration_notebook_describes_the_processed_corpus(tiny_config) -> None:
     cfg = tiny_config()
-    download(cfg.data, cfg.paths.raw, progress=False)
-    manifest = preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+    download(cfg, cfg.paths.raw, progress=False)
+    manifest = preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
     namespace = execute("01-explore-data.ipynb", {"processed": cfg.paths.processed})
     balance = namespace["balance"]
     assert balance.index.tolist() == LABELS

@@ -210,8 +210,8 @@ def test_remove_strips_words_from_the_vocabulary(
     preprocess(plain, archive, tmp_path / "plain")
     assert gone <= set(read_vocabulary(tmp_path / "plain"))  # the control: present by default
 
-    data = tiny_config(f"data.remove=[{','.join(remove)}]").data
-    assert data.remove == remove
+    data = tiny_config(f"encoder.remove=[{','.join(remove)}]").data
+    assert encoder.remove == remove
     manifest = preprocess(data, archive, tmp_path / "stripped")
     vocabulary = set(read_vocabulary(tmp_path / "stripped"))
     assert not gone & vocabulary

@@ -24,14 +24,14 @@ def test_a_training_run_is_tagged_with_its_provenance_and_logs_no_secret(
         "trainer.max_epochs=1",
         "tracking.run_name=tok-0123456789abcdef",  # (a URL with credentials is refused: test_credentials.py)
     )
-    download(cfg.data, cfg.paths.raw, progress=False)
-    preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+    download(cfg, cfg.paths.raw, progress=False)
+    preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
     summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
 
     run = MlflowClient(mlflow_uri).get_run(summary.run_id)
     tags = run.data.tags
     assert tags["git_dirty"] in ("true", "false", "unknown")
-    assert tags["data_name"] == cfg.data.name == "20news-bydate"
+    assert tags["data_name"] == cfg.data.corpus == "20news-bydate"
     assert "dvc.exp_name" not in tags  # not run by `dvc exp run` (test_dvc_pipeline.py covers that)
     for tag, distribution in {
         "version.torch": "torch",

@@ -61,8 +61,8 @@ def stage_params(tmp_path: Path, tiny_archive: tuple[Path, str], *extra: str) ->
     params = tmp_path / "params.yaml"
     write_params(params, [*shrink_overrides(archive, sha256), *paths, *extra], root=REPO_ROOT)
     cfg = load_params(params)
-    download(cfg.data, cfg.paths.raw, progress=False)
-    preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+    download(cfg, cfg.paths.raw, progress=False)
+    preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
     return params
 
 
@@ -87,8 +87,8 @@ def test_gpu_training_runs_in_bf16(tiny_config, mlflow_uri: str) -> None:
     from textclf.stages.train import train
 
     cfg = tiny_config("trainer=gpu")
-    download(cfg.data, cfg.paths.raw, progress=False)
-    preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+    download(cfg, cfg.paths.raw, progress=False)
+    preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
     summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
     (record,) = finished_runs(mlflow_uri, 1)
     assert record.info.run_id == summary.run_id
@@ -382,8 +382,8 @@ def test_mlflow_server_on_postgres_records_train_and_evaluate(tiny_config, monke
 
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         cfg = tiny_config("optimizer.lr=0.02")
-        download(cfg.data, cfg.paths.raw, progress=False)
-        preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+        download(cfg, cfg.paths.raw, progress=False)
+        preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
         summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
         metrics = evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
 

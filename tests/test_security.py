@@ -205,7 +205,7 @@ def test_secrets_are_masked_in_logged_params() -> None:
         "tracking.experiment_name": "run-with-correct-horse-battery-inside",
         "extra.api_key": "anything at all",
         "extra.password": "hunter2",
-        "data.token_pattern": r"(?u)\b\w\w+\b",  # a token pattern is not a token
+        "encoder.token_pattern": r"(?u)\b\w\w+\b",  # a token pattern is not a token
         "paths.cache": "/root/.cache",
         "optimizer.lr": 0.05,
         "tracking.uri_unset": None,
@@ -219,7 +219,7 @@ def test_secrets_are_masked_in_logged_params() -> None:
         "tracking.experiment_name": f"run-with-{MASK}-inside",
         "extra.api_key": MASK,
         "extra.password": MASK,
-        "data.token_pattern": r"(?u)\b\w\w+\b",
+        "encoder.token_pattern": r"(?u)\b\w\w+\b",
         "paths.cache": "/root/.cache",
         "optimizer.lr": 0.05,
         "tracking.uri_unset": None,
@@ -275,7 +275,7 @@ def test_a_hostile_archive_writes_nothing_anywhere(tmp_path: Path, tiny_config, 
             tar.addfile(info, source.extractfile(info))
     before = _snapshot(tmp_path)
     with pytest.raises(TextclfError, match="refusing member") as error:
-        preprocess(cfg.data, archive, cfg.paths.processed)
+        preprocess(cfg, archive.parent, cfg.paths.processed)
     assert "\n" not in str(error.value)
     assert _snapshot(tmp_path) == before  # not a file added or changed under tmp_path
     assert sorted(p.name for p in outside.iterdir()) == ["victim"]

@@ -31,8 +31,8 @@ def prepared(tiny_config):
 
     def build(*overrides: str, model: str = "fasttext"):
         cfg = tiny_config(*overrides, model=model)
-        download(cfg.data, cfg.paths.raw, progress=False)
-        preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+        download(cfg, cfg.paths.raw, progress=False)
+        preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
         return cfg
 
     return build

@@ -38,8 +38,8 @@ def tiny_run(root: Path, archive: Path, sha256: str, *overrides: str, evaluated:
             root=REPO_ROOT,
         )
     )
-    download(cfg.data, cfg.paths.raw, progress=False)
-    preprocess(cfg.data, cfg.paths.raw / cfg.data.archive_name, cfg.paths.processed)
+    download(cfg, cfg.paths.raw, progress=False)
+    preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
     summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
     if evaluated:
         evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)

@@ -44,7 +44,7 @@ class DataConfig(_Section):
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
     target: str = Field(alias="_target_")
-    name: str = Field(min_length=1)  # the corpus, as the runs are tagged (data_name)
+    corpus: str = Field(min_length=1)  # the corpus's name, as the runs are tagged (data_name)
     # Held out, stratified and seeded, when the source has no such split: the test split
     # from all documents, the validation split from the training documents left.
     test_fraction: Annotated[float, Field(gt=0, lt=1)]
@@ -140,6 +140,7 @@ class PathsConfig(_Section):
     models: Path
     reports: Path
     cache: Path
+    inputs: list[str]  # the local inputs DVC watches (conf/config.yaml: textclf.local_inputs)
 
 
 class Config(_Section):
@@ -212,7 +213,7 @@ def _check_target_section(section: str, values: Mapping[str, Any]) -> list[str]:
         built = get_object(target)
     except Exception:  # noqa: BLE001 - Hydra raises several types for an unimportable path
         return [f"{section}._target_: cannot import '{target}'"]
-    parameters = inspect.signature(built).parameters
+    parameters = inspect.signature(built, eval_str=True).parameters  # annotations as types, from their module
     allowed = [name for name in parameters if name not in RUNTIME_ARGUMENTS[section]]
     problems = []
     if values.get("_partial_", False) is not PARTIAL[section]:

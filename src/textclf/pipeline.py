@@ -2,9 +2,10 @@
 
 DVC caches stage outputs for `dvc repro`; a Hydra sweep has no DVC, so this module caches
 the two data stages itself, keyed by what determines their output:
-  <paths.cache>/downloads/<sha256>/<archive>          one verified archive per checksum
-  <paths.cache>/processed/<key>/                      key = hash(archive sha256, data.* params
-                                                      that shape preprocessing, format version)
+  <paths.cache>/downloads/<sha256>/<file>   every verified download, by its checksum
+  <paths.cache>/raw/<source key>/           the download stage's output for one source config
+  <paths.cache>/processed/<key>/            key = hash(the source's content hash, the data and
+                                            encoder params, format version)
 Jobs with equal data settings reuse one processed dataset; any difference gets its own.
 Models and reports go to each job's own output directory.
 
@@ -32,7 +33,7 @@ from textclf.resources import check_devices
 from textclf.resume import sweep_abandoned
 from textclf.stages.download import download
 from textclf.stages.evaluate import evaluate
-from textclf.stages.preprocess import FORMAT_VERSION, PREPROCESS_PARAMS, preprocess
+from textclf.stages.preprocess import FORMAT_VERSION, preprocess
 from textclf.stages.train import train
 from textclf.tracking import TrackingStore, check_tracking_uri, tracking_uri
 
@@ -41,32 +42,39 @@ FINGERPRINT_TAG = "textclf.fingerprint"
 NOT_FINGERPRINTED = {"paths": None, "tracking": None, "trainer": {"enable_progress_bar"}}
 
 
-def processed_key(cfg: Config) -> str:
+def _key(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def processed_key(cfg: Config, content_sha256: str) -> str:
     """Identifies a processed dataset: equal keys mean byte-identical preprocess outputs."""
+    resolved = to_dict(cfg)
     identity = {
-        "archive_sha256": cfg.data.sha256.lower(),
-        "params": cfg.data.model_dump(include=PREPROCESS_PARAMS, mode="json"),
+        "content_sha256": content_sha256,
+        "data": resolved["data"],
+        "encoder": resolved["encoder"],
         "format_version": FORMAT_VERSION,
     }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return _key(identity)
 
 
 def prepare_data(cfg: Config, progress: bool = True) -> Path:
     """Returns the processed directory for ``cfg``, downloading and preprocessing if needed.
 
-    A lock per entry (``<entry>.lock``, there while held) makes concurrent jobs (parallel
-    launchers) wait for one writer.
+    The download stage runs every time (verified downloads are kept, so it fetches nothing
+    twice; local inputs are hashed again, so an edited file is seen). A lock per entry
+    (``<entry>.lock``, there while held) makes concurrent jobs (parallel launchers) wait for
+    one writer.
     """
     cache = cfg.paths.cache
     cache.mkdir(parents=True, exist_ok=True)
-    raw_dir = cache / "downloads" / cfg.data.sha256.lower()
-    with path_lock(f"{raw_dir}.lock"):
-        if not (raw_dir / cfg.data.archive_name).is_file():
-            download(cfg.data, raw_dir, progress=progress)
-    processed = cache / "processed" / processed_key(cfg)
-    with path_lock(f"{processed}.lock"):
-        if not (processed / MANIFEST_FILE).is_file():
-            preprocess(cfg.data, raw_dir / cfg.data.archive_name, processed)
+    raw_dir = cache / "raw" / _key({"source": to_dict(cfg)["data"]})
+    with path_lock(f"{raw_dir}.lock"):  # held while preprocess reads it (always taken first)
+        record = download(cfg, raw_dir, progress=progress)
+        processed = cache / "processed" / processed_key(cfg, record.content_sha256)
+        with path_lock(f"{processed}.lock"):
+            if not (processed / MANIFEST_FILE).is_file():
+                preprocess(cfg, raw_dir, processed)
     return processed
 
 

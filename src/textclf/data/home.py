@@ -22,10 +22,9 @@ import os
 import stat
 import tarfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from textclf.atomic import staged_file
-from textclf.config import DataConfig
 from textclf.data.archive import (
     ArchiveTooLarge,
     content_hash,
@@ -34,6 +33,9 @@ from textclf.data.archive import (
 )
 from textclf.data.download import CHUNK_BYTES, DATA_HOME_ENV, _open_file, fetch
 from textclf.errors import TextclfError
+
+if TYPE_CHECKING:
+    from textclf.data.sources.usenet import UsenetArchive
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
 
@@ -51,7 +53,7 @@ def unpacked_name(archive_name: str) -> str:
     return archive_name + ".d"
 
 
-def local_copy(cfg: DataConfig, home: Path | None) -> Path | None:
+def local_copy(cfg: UsenetArchive, home: Path | None) -> Path | None:
     """The archive, else the unpacked directory, in ``home``; None if neither is there."""
     if home is None:
         return None
@@ -61,7 +63,7 @@ def local_copy(cfg: DataConfig, home: Path | None) -> Path | None:
     return None
 
 
-def offline_hint(cfg: DataConfig, home: Path | None) -> str:
+def offline_hint(cfg: UsenetArchive, home: Path | None) -> str:
     """What to do when no URL could be reached: the end of the download stage's error line."""
     if home is None:
         return (
@@ -71,7 +73,7 @@ def offline_hint(cfg: DataConfig, home: Path | None) -> str:
     return f"{DATA_HOME_ENV}={home} holds neither {cfg.archive_name} nor {unpacked_name(cfg.archive_name)}/"
 
 
-def _refused(shown: str, found: str, cfg: DataConfig) -> TextclfError:
+def _refused(shown: str, found: str, cfg: UsenetArchive) -> TextclfError:
     pinned = cfg.content_sha256 or "not set, so only data.sha256 is accepted"
     return TextclfError(
         f"{shown}: not the pinned corpus: {found}; data.sha256 is {cfg.sha256.lower()}, "
@@ -86,7 +88,7 @@ def _sha256(handle: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def _take_archive(cfg: DataConfig, source: Path, target: Path) -> str:
+def _take_archive(cfg: UsenetArchive, source: Path, target: Path) -> str:
     handle, _ = _open_file(source, str(source), cfg.max_download_bytes)  # a regular file, within the limit
     with handle:
         actual = _sha256(handle)
@@ -150,7 +152,7 @@ def _tar_info(name: str, is_dir: bool, size: int = 0) -> tarfile.TarInfo:
     return info
 
 
-def _take_directory(cfg: DataConfig, source: Path, target: Path) -> str:
+def _take_directory(cfg: UsenetArchive, source: Path, target: Path) -> str:
     """Packs ``source`` into ``target`` (a tar.gz) if its files are the pinned corpus."""
     directories, files = _regular_files(source, cfg.max_archive_bytes)
     lines = []
@@ -174,7 +176,7 @@ def _take_directory(cfg: DataConfig, source: Path, target: Path) -> str:
     return "unpacked: its content sha256 matches data.content_sha256"
 
 
-def take_local_copy(cfg: DataConfig, source: Path, target: Path) -> str:
+def take_local_copy(cfg: UsenetArchive, source: Path, target: Path) -> str:
     """Writes ``target`` from the local copy ``source`` (an archive or an unpacked directory)
     if it is the pinned corpus, else raises one TextclfError naming the hashes; returns how
     it was recognized. Nothing is left at ``target`` on failure."""

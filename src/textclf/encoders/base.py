@@ -13,11 +13,14 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from textclf.errors import TextclfError
+
+if TYPE_CHECKING:
+    from textclf.config import Config
 
 ENCODER_FILE = "encoder.json"
 
@@ -54,6 +57,13 @@ class TextEncoder(ABC):
         description = {"_target_": target, **self.settings()}
         (directory / ENCODER_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
         self.save_files(directory)
+
+
+def build_encoder(cfg: Config) -> TextEncoder:
+    """The encoder ``cfg.encoder`` names (not fitted)."""
+    from textclf.config import build
+
+    return build("encoder", cfg.encoder)
 
 
 def load_encoder(directory: Path) -> TextEncoder:

@@ -1,53 +1,32 @@
-"""Stage 1: fetch the corpus archive from data.url (then data.mirrors), verify data.sha256;
-or take a local copy of it from $TEXTCLF_DATA_HOME (see textclf.data.home).
+"""Stage 1: bring the data source's inputs within reach and record what they are.
 
-At most data.max_download_bytes per URL; credentials from ~/.netrc or the environment (see
-textclf.data.download)."""
+Remote inputs (a URL, a Hub dataset) are fetched into paths.raw, verified by data.sha256
+(a copy of the pinned corpus in $TEXTCLF_DATA_HOME is taken first: see textclf.data.home);
+local inputs (a folder, a file) are hashed where they are. ``<raw>/source.json`` records the
+content hash, which preprocess copies into the manifest: DVC reruns preprocess when it
+changes, and nothing when it does not. Verified downloads are kept in
+``<paths.cache>/downloads/<sha256>/``, so a rerun (any data.* param changed) fetches nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from textclf.config import DataConfig, load_params
-from textclf.data.download import BACKOFF_SECONDS, RETRIES, TIMEOUT_SECONDS
-from textclf.data.download import download as fetch_first
-from textclf.data.home import data_home, local_copy, offline_hint, take_local_copy
+from textclf.atomic import staged_dir, write_json
+from textclf.config import DATA_SECTIONS, Config, load_params
+from textclf.data.sources.base import RECORD_FILE, SourceRecord, build_source
 from textclf.errors import run_cli
 from textclf.resume import sweep_abandoned
 
 
-def download(
-    cfg: DataConfig,
-    raw_dir: Path,
-    progress: bool = True,
-    retries: int = RETRIES,
-    backoff: float = BACKOFF_SECONDS,
-    timeout: float = TIMEOUT_SECONDS,
-) -> Path:
-    """Writes ``raw_dir/<data.archive_name>``; returns its path. Nothing is left on failure.
-
-    A copy of the pinned corpus in $TEXTCLF_DATA_HOME is taken first (textclf.data.home); else
-    each URL is retried ``retries`` times on transient faults (backoff ``backoff``, ``2 *
-    backoff``, ...; ``timeout`` seconds per connect or read), then the mirrors are tried."""
-    target, home = raw_dir / cfg.archive_name, data_home()
-    local = local_copy(cfg, home)
-    if local is not None:
-        how = take_local_copy(cfg, local, target)
-        if progress:
-            print(f"download: {target} from {local} ({how})")
-        return target
-    return fetch_first(
-        [cfg.url, *cfg.mirrors],
-        target,
-        cfg.sha256,
-        progress,
-        retries=retries,
-        backoff=backoff,
-        timeout=timeout,
-        max_bytes=cfg.max_download_bytes,
-        hint=offline_hint(cfg, home),
-    )
+def download(cfg: Config, raw_dir: Path, progress: bool = True) -> SourceRecord:
+    """Writes ``raw_dir`` (atomically: all of it or, on failure, nothing) and returns the record."""
+    source = build_source(cfg, downloads=cfg.paths.cache / "downloads")
+    with staged_dir(raw_dir) as staging:
+        record = source.fetch(staging, progress)
+        write_json(staging / RECORD_FILE, record.to_json())
+    return record
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,11 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def stage() -> None:
-        cfg = load_params(args.params, check_targets=False)  # builds no model: see config.validate
+        cfg = load_params(args.params, targets=DATA_SECTIONS)  # builds no model: see config.validate
         sweep_abandoned(cfg)  # runs of trainings that died: KILLED (see textclf.resume)
-        path = download(cfg.data, cfg.paths.raw)
-        if local_copy(cfg.data, data_home()) is None:  # a local copy says what it took itself
-            print(f"download: {path} (sha256 {cfg.data.sha256})")
+        record = download(cfg, cfg.paths.raw)
+        print(f"download: {cfg.data.corpus}: content sha256 {record.content_sha256}")
 
     run_cli("download", stage)
 

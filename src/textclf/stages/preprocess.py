@@ -1,7 +1,12 @@
-"""Stage 2: archive -> pre-encoded train/val/test tensors, vocabulary, labels and a manifest.
+"""Stage 2: the source's examples -> pre-encoded train/val/test tensors, the encoder, labels, a manifest.
 
-The vocabulary is built from the training documents that remain after the validation
-hold-out; the test split is encoded with it and its labels are only read by evaluate.
+    source.read() -> token ids as read -> splits (held out where the source has none)
+    -> encoder.fit(training documents) -> every split mapped to the vocabulary -> written
+
+Documents are tokenized as they are read and kept only as token ids (int32, a few bytes per
+token), so the corpus is never held as Python strings. The vocabulary is learned from the
+training documents that remain after the hold-outs; validation and test words outside it are
+<unk>. The test split's labels are only read by evaluate.
 """
 
 from __future__ import annotations
@@ -11,107 +16,95 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import time
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from textclf.atomic import staged_dir, write_json
-from textclf.config import DataConfig, load_params
-from textclf.data.archive import Message, read_corpus
-from textclf.data.encoded import (
-    LABELS_FILE,
-    MANIFEST_FILE,
-    VOCAB_FILE,
-    EncodedSplit,
-    TokenIds,
-    flatten_documents,
-    stratified_holdout,
-)
-from textclf.data.text import Tokenizer, clean, decode
+from textclf.config import DATA_SECTIONS, Config, load_params
+from textclf.data.encoded import LABELS_FILE, MANIFEST_FILE, VOCAB_FILE, EncodedSplit, TokenIds, stratified_holdout
+from textclf.data.sources.base import RECORD_FILE, TEST, TRAIN, VALIDATION, Example, build_source
+from textclf.encoders.base import build_encoder
+from textclf.encoders.regex import RegexEncoder
 from textclf.errors import TextclfError, run_cli
 from textclf.hashing import file_sha256
 from textclf.resume import sweep_abandoned
 
-FORMAT_VERSION = 1  # bump when the processed layout or tokenization changes
-# The data.* keys that shape the processed output (dvc.yaml declares these and the limits).
-PREPROCESS_PARAMS = {
-    "archive_name",
-    "train_dir",
-    "test_dir",
-    "remove",
-    "lowercase",
-    "token_pattern",
-    "min_freq",
-    "max_vocab",
-    "val_fraction",
-    "split_seed",
-}
-# Also read, but they never change the output (a run either stops or writes the same bytes),
-# so they are not in the manifest nor in the processed cache's key.
-PREPROCESS_LIMITS = {"max_document_bytes", "max_archive_bytes"}
-
-
-def count_duplicates(messages: list[Message], train_dir: str, test_dir: str) -> dict[str, int]:
-    """Documents with identical bytes: repeats within the training split (validation included)
-    and within the test split, and test documents that also occur in training (leakage).
-    Reported in the manifest; the documents themselves are all kept."""
-    train = [m.raw for m in messages if m.split == train_dir]
-    test = [m.raw for m in messages if m.split == test_dir]
-    seen_in_train = set(train)
-    return {
-        "within_train": len(train) - len(seen_in_train),
-        "within_test": len(test) - len(set(test)),
-        "test_in_train": sum(raw in seen_in_train for raw in test),
-    }
-
-
+FORMAT_VERSION = 2  # bump when the processed layout or tokenization changes
+# The processed files that are the data (their hashes make the manifest's data_hash).
+DATA_FILES = ("train.pt", "val.pt", "test.pt", VOCAB_FILE, LABELS_FILE)
 # Output columns of the shipped model (serving.LABEL_COLUMN) and of `textclf.predict`
 # (predict.PROBABILITY_COLUMN), beside one probability column per class.
 RESERVED_CLASS_NAMES = ("label", "probability")
+CHUNK_DOCUMENTS = 2048  # documents tokenized per task of the second process
+_SPLIT_CODES = {TRAIN: 0, None: 0, VALIDATION: 1, TEST: 2}
 
 
-def check_class_names(archive: Path, train_messages: list[Message]) -> None:
-    """Class names (the training split's category directories) become column names and plot
-    labels: each must be valid UTF-8 (tarfile decodes member names with surrogate escapes) and
-    not a reserved column name. Refused here, not after a whole training."""
-    for message in train_messages:
-        group = message.group
-        try:
-            group.encode("utf-8")
-        except UnicodeEncodeError:
-            shown = f"{message.split}/{group}/{message.name}".encode("utf-8", "surrogateescape").decode(
-                "utf-8", "backslashreplace"
-            )
-            raise TextclfError(
-                f"{archive}: member '{shown}': its category directory name is not valid UTF-8 (rename the directory)"
-            ) from None
-        if group in RESERVED_CLASS_NAMES:
-            raise TextclfError(
-                f"{archive}: category directory '{message.split}/{group}/': a class may not be named "
-                f"'{group}', which is a column of the model's output (rename the directory)"
-            )
+def read_record(raw_dir: Path) -> dict | None:
+    """What the download stage recorded about the source (textclf.data.sources.base.SourceRecord)."""
+    path = raw_dir / RECORD_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def token_ids_of_documents(
-    raws: Iterable[bytes], tokenizer: Tokenizer, remove: list[str], token_ids: TokenIds
-) -> list[list[int]]:
-    """Raw messages -> their tokens' ids in ``token_ids`` (new tokens numbered as they come)."""
-    return [token_ids(tokenizer(clean(decode(raw), remove))) for raw in raws]
+# --- reading: examples -> token ids --------------------------------------------------------
 
 
-def token_ids_in_own_numbering(
-    raws: list[bytes], token_pattern: str, lowercase: bool, remove: list[str]
-) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Tokenizes and numbers ``raws`` on their own (the share of a second process): -> (the
-    distinct tokens in order of first appearance, (T,) their ids in document order, (N,)
-    tokens per document). ``TokenIds.renumber`` carries the ids over to the main numbering."""
-    token_ids = TokenIds()
-    documents = token_ids_of_documents(raws, Tokenizer(token_pattern, lowercase), remove, token_ids)
-    return list(token_ids.index), *flatten_documents(documents)
+@dataclass
+class Corpus:
+    """Every document as read, compactly: (N,) arrays, and token ids in chunks (first-seen
+    numbering of ``numbering``). Nothing here holds a document's text."""
+
+    numbering: TokenIds = field(default_factory=TokenIds)
+    chunks: list[np.ndarray] = field(default_factory=list)  # int32 token ids, in document order
+    lengths: list[np.ndarray] = field(default_factory=list)  # int64 tokens per document, per chunk
+    labels: list[str] = field(default_factory=list)  # label names, first-seen order
+    label_codes: list[int] = field(default_factory=list)  # (N,) index into labels
+    splits: bytearray = field(default_factory=bytearray)  # (N,) _SPLIT_CODES
+    unsplit: int = 0  # documents the source gave no split
+    digests: list[bytes] = field(default_factory=list)  # (N,) 16-byte hash of each text (duplicates)
+    fallbacks: int = 0  # documents decoded as Latin-1 (not valid in the source's encoding)
+    empty: int = 0  # documents with no text
+
+    def __len__(self) -> int:
+        return len(self.label_codes)
+
+
+def _tokenize_chunk(settings: dict, texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """In a second process: ``texts`` -> (their distinct tokens in first-seen order, (T,) int32
+    ids in that numbering, (N,) int64 tokens per text); Corpus renumbers them into its own."""
+    encoder = _worker_encoder(settings)
+    numbering = TokenIds()
+    documents = [numbering(encoder.tokenize(text)) for text in texts]
+    flat, lengths = _flat(documents)
+    return list(numbering.index), flat, lengths
+
+
+_WORKER_ENCODERS: dict[str, RegexEncoder] = {}
+
+
+def _worker_encoder(settings: dict) -> RegexEncoder:
+    key = json.dumps(settings, sort_keys=True)
+    if key not in _WORKER_ENCODERS:
+        _WORKER_ENCODERS[key] = RegexEncoder(**settings)
+    return _WORKER_ENCODERS[key]
+
+
+def _flat(documents: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter(map(len, documents), dtype=np.int64, count=len(documents))
+    flat = np.empty(int(lengths.sum()), dtype=np.int32)
+    position = 0
+    for document, length in zip(documents, lengths.tolist()):
+        flat[position : position + length] = document
+        position += length
+    return flat, lengths
 
 
 def second_process() -> ProcessPoolExecutor | None:
@@ -123,93 +116,270 @@ def second_process() -> ProcessPoolExecutor | None:
     return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
 
 
-def preprocess(cfg: DataConfig, archive: Path, out_dir: Path, parallel: bool = True) -> dict:
-    """Writes ``out_dir`` (atomically) and returns its manifest.
+def _chunks(examples: Iterable[Example], corpus: Corpus) -> Iterator[list[str]]:
+    """Records each example's split, label and hash in ``corpus``; yields the texts in chunks."""
+    label_index: dict[str, int] = {}
+    texts: list[str] = []
+    for example in examples:
+        code = label_index.get(example.label)
+        if code is None:
+            code = label_index[example.label] = len(corpus.labels)
+            corpus.labels.append(example.label)
+        corpus.label_codes.append(code)
+        corpus.splits.append(_SPLIT_CODES[example.split])
+        corpus.unsplit += example.split is None
+        corpus.fallbacks += example.fallback
+        corpus.empty += not example.text
+        corpus.digests.append(hashlib.blake2b(example.text.encode("utf-8", "surrogatepass"), digest_size=16).digest())
+        texts.append(example.text)
+        if len(texts) == CHUNK_DOCUMENTS:
+            yield texts
+            texts = []
+    if texts:
+        yield texts
 
-    With ``parallel``, a second process tokenizes the test split while this one tokenizes the
-    training split (the two regex passes are most of the stage's time); the output is the
-    same byte for byte either way."""
-    started = time.perf_counter()
-    tokenizer = Tokenizer(cfg.token_pattern, cfg.lowercase)
-    messages, content_sha256 = read_corpus(
-        archive, (cfg.train_dir, cfg.test_dir), cfg.max_document_bytes, cfg.max_archive_bytes
-    )
-    groups = sorted({m.group for m in messages if m.split == cfg.train_dir})
-    label_of = {group: i for i, group in enumerate(groups)}
-    unknown = sorted({m.group for m in messages if m.split == cfg.test_dir} - set(groups))
-    if unknown:
-        raise TextclfError(f"{archive}: test groups missing from the training split: {unknown}")
-    check_class_names(archive, [m for m in messages if m.split == cfg.train_dir])
 
-    train_messages, test_messages = (
-        [m for m in messages if m.split == split] for split in (cfg.train_dir, cfg.test_dir)
-    )
-    train_labels, test_labels = ([label_of[m.group] for m in chosen] for chosen in (train_messages, test_messages))
-    token_ids = TokenIds()
-    test_job = ([m.raw for m in test_messages], cfg.token_pattern, cfg.lowercase, list(cfg.remove))
+def read_corpus(examples: Iterable[Example], encoder: RegexEncoder, parallel: bool = True) -> Corpus:
+    """Tokenizes every example as it is read. With ``parallel``, every other chunk is tokenized
+    by a second process while this one tokenizes the next (the regex passes are most of the
+    stage's time); the output is the same byte for byte either way, since the vocabulary and
+    its ids do not depend on the order in which tokens were first seen."""
+    corpus = Corpus()
+    settings = encoder.settings()
     worker = second_process() if parallel else None
+    pending: list[tuple[int, Future]] = []
+    done: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def collect(future_index: int, future: Future) -> None:
+        words, ids, lengths = future.result()
+        done[future_index] = (corpus.numbering.renumber(words, ids).astype(np.int32), lengths)
+
     try:
-        test_numbered: Future | None = worker.submit(token_ids_in_own_numbering, *test_job) if worker else None
-        duplicates = count_duplicates(messages, cfg.train_dir, cfg.test_dir)
-        # Numbered first, as if alone: the test split's new tokens are renumbered after these.
-        train_documents = token_ids_of_documents((m.raw for m in train_messages), tokenizer, cfg.remove, token_ids)
-        test_words, worker_ids, test_lengths = (
-            test_numbered.result() if test_numbered else token_ids_in_own_numbering(*test_job)
-        )
+        for index, texts in enumerate(_chunks(examples, corpus)):
+            if worker is not None and index % 2 == 0:
+                pending.append((index, worker.submit(_tokenize_chunk, settings, texts)))
+            else:
+                done[index] = _flat([corpus.numbering(encoder.tokenize(text)) for text in texts])
+            while len(pending) > 2:  # at most a few chunks in flight: memory stays bounded
+                collect(*pending.pop(0))
+        for item in pending:
+            collect(*item)
     except BrokenProcessPool as error:  # killed: out of memory, or by a signal
-        raise TextclfError(
-            f"{archive}: the process tokenizing the test split died ({error}); free memory and rerun preprocess"
-        ) from error
+        raise TextclfError(f"the process tokenizing documents died ({error}); free memory and rerun preprocess") from error
     finally:
-        if worker:
+        if worker is not None:
             worker.shutdown(cancel_futures=True)
-    test_ids = token_ids.renumber(test_words, worker_ids)
-    train_indices, val_indices = stratified_holdout(train_labels, cfg.val_fraction, cfg.split_seed)
-    if not val_indices:
-        largest = max(train_labels.count(label) for label in set(train_labels))
+    for index in range(len(done)):
+        ids, lengths = done.pop(index)
+        corpus.chunks.append(ids)
+        corpus.lengths.append(lengths)
+    return corpus
+
+
+# --- labels and splits ---------------------------------------------------------------------
+
+
+def class_order(labels: Iterable[str]) -> list[str]:
+    """Sorted; numerically when every label is an integer ("2" before "10")."""
+    labels = list(labels)
+    if labels and all(re.fullmatch(r"[+-]?\d+", label) for label in labels):
+        return sorted(labels, key=lambda label: (int(label), label))
+    return sorted(labels)
+
+
+def check_class_names(classes: list[str]) -> None:
+    """Class names become column names and plot labels: each must be valid UTF-8 (a tar member
+    name may carry surrogate escapes), not empty, and not a reserved column name."""
+    for name in classes:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise TextclfError(f"class '{shown}': its name is not valid UTF-8 (rename the folder or fix the label)") from None
+        if not name.strip():
+            raise TextclfError(f"class {name!r}: an empty label (give every document a label)")
+        if name in RESERVED_CLASS_NAMES:
+            raise TextclfError(
+                f"class '{name}': a class may not be named '{name}', which is a column of the model's output "
+                "(rename the folder or the label)"
+            )
+
+
+def _holdout(labels: np.ndarray, pool: np.ndarray, fraction: float, seed: int, key: str, classes: list[str]):
+    """Indices ``pool`` split into (kept, held out): stratified, ``fraction`` of each class held out."""
+    counts = np.bincount(labels[pool], minlength=len(classes))
+    few = np.flatnonzero((counts > 0) & (counts < 2))
+    if few.size:
+        name, count = classes[int(few[0])], int(counts[few[0]])
         raise TextclfError(
-            f"data.val_fraction={cfg.val_fraction} holds out no validation document from {len(train_labels)} "
-            f"training documents in {len(groups)} classes (at most {largest} per class); "
-            f"set data.val_fraction to at least {1 / largest:.2g}"
+            f"class '{name}' has {count} document, too few to hold out a {key.split('_')[0]} split "
+            f"(data.{key}={fraction}): add documents of it, or give the source its own {key.split('_')[0]} split"
         )
-    # From the documents left for training only: validation and test words are out of vocabulary.
-    vocabulary, to_vocabulary = token_ids.vocabulary(
-        (train_documents[i] for i in train_indices), cfg.min_freq, cfg.max_vocab
+    kept, held = stratified_holdout(labels[pool].tolist(), fraction, seed)
+    return pool[kept], pool[held]
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: np.ndarray  # document indices, ascending
+    val: np.ndarray
+    test: np.ndarray
+    how: dict[str, str]  # per split: "source" or the hold-out that made it
+
+
+def make_splits(corpus: Corpus, label_ids: np.ndarray, cfg: Config, classes: list[str]) -> Splits:
+    """The source's splits, with test and validation held out where it has none."""
+    data = cfg.data
+    codes = np.frombuffer(bytes(corpus.splits), dtype=np.uint8)
+    pool, val, test = (np.flatnonzero(codes == code) for code in (0, 1, 2))
+    how = {"train": "source", "val": "source", "test": "source"}
+    if test.size == 0:
+        pool, test = _holdout(label_ids, pool, data.test_fraction, data.split_seed, "test_fraction", classes)
+        how["test"] = f"held out: data.test_fraction={data.test_fraction}, data.split_seed={data.split_seed}"
+    if val.size == 0:
+        pool, val = _holdout(label_ids, pool, data.val_fraction, data.split_seed, "val_fraction", classes)
+        how["val"] = f"held out: data.val_fraction={data.val_fraction}, data.split_seed={data.split_seed}"
+        if val.size == 0:
+            largest = int(np.bincount(label_ids[pool]).max())
+            raise TextclfError(
+                f"data.val_fraction={data.val_fraction} holds out no validation document from {pool.size} "
+                f"training documents in {len(classes)} classes (at most {largest} per class); "
+                f"set data.val_fraction to at least {1 / largest:.2g}"
+            )
+    return Splits(np.sort(pool), np.sort(val), np.sort(test), how)
+
+
+def count_duplicates(corpus: Corpus, splits: Splits) -> dict[str, int]:
+    """Documents with identical text: repeats within the training documents (validation
+    included) and within the test split, and test documents that also occur in training
+    (leakage). Reported in the manifest; the documents themselves are all kept."""
+    train = [corpus.digests[i] for i in np.concatenate([splits.train, splits.val]).tolist()]
+    test = [corpus.digests[i] for i in splits.test.tolist()]
+    seen_in_train = set(train)
+    return {
+        "within_train": len(train) - len(seen_in_train),
+        "within_test": len(test) - len(set(test)),
+        "test_in_train": sum(digest in seen_in_train for digest in test),
+    }
+
+
+def check_splits(corpus: Corpus, splits: Splits, label_ids: np.ndarray, classes: list[str]) -> list[str]:
+    """Refuses what would make the test score meaningless; returns the warnings to print."""
+    train_classes = set(label_ids[np.concatenate([splits.train, splits.val])].tolist())
+    test_classes = set(label_ids[splits.test].tolist())
+    unseen = sorted(classes[c] for c in test_classes - train_classes)
+    if unseen:
+        raise TextclfError(f"test classes missing from the training split: {unseen} (add training documents of them)")
+    if len(train_classes) < 2:
+        only = classes[next(iter(train_classes))] if train_classes else "none"
+        raise TextclfError(f"the training documents have a single class ({only!r}): a classifier needs at least two")
+    warnings = []
+    missing = sorted(classes[c] for c in train_classes - test_classes)
+    if missing:
+        warnings.append(f"classes with no test document (macro averages run over the others): {missing}")
+    if splits.how["test"] == "source" and splits.test.size:
+        train = Counter(corpus.digests[i] for i in np.concatenate([splits.train, splits.val]).tolist())
+        test = Counter(corpus.digests[i] for i in splits.test.tolist())
+        if train == test:
+            raise TextclfError(
+                f"the test split is the training split ({splits.test.size} identical documents): point the test "
+                "split at held-out documents, or leave it out to have one held out (data.test_fraction)"
+            )
+    return warnings
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def encoded_split(corpus: Corpus, flat: np.ndarray, offsets: np.ndarray, chosen: np.ndarray, labels: np.ndarray):
+    """The documents ``chosen`` (ascending) of the corpus, as an EncodedSplit of vocabulary ids."""
+    lengths = offsets[1:] - offsets[:-1]
+    keep = np.zeros(len(lengths), dtype=bool)
+    keep[chosen] = True
+    tokens = flat[np.repeat(keep, lengths)]
+    split_offsets = np.zeros(chosen.size + 1, dtype=np.int64)
+    np.cumsum(lengths[chosen], out=split_offsets[1:])
+    return EncodedSplit(
+        tokens=torch.from_numpy(tokens),
+        offsets=torch.from_numpy(split_offsets),
+        labels=torch.from_numpy(labels[chosen].astype(np.int64)),
     )
 
-    def encoded(documents: list[list[int]], labels: list[int], chosen: list[int]) -> EncodedSplit:
-        return EncodedSplit.from_token_ids([documents[i] for i in chosen], [labels[i] for i in chosen], to_vocabulary)
 
-    splits = {
-        "train": encoded(train_documents, train_labels, train_indices),
-        "val": encoded(train_documents, train_labels, val_indices),
-        "test": EncodedSplit.from_flat_ids(test_ids, test_lengths, test_labels, to_vocabulary),
+def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True) -> dict:
+    """Reads the source (``raw_dir``: what the download stage wrote), writes ``out_dir``
+    (atomically) and returns its manifest."""
+    started = time.perf_counter()
+    source, encoder = build_source(cfg), build_encoder(cfg)
+    record = read_record(raw_dir)
+    corpus = read_corpus(source.read(raw_dir), encoder, parallel)
+    if len(corpus) == 0:
+        raise TextclfError(f"{cfg.data.corpus}: the source holds no documents")
+    classes = class_order(corpus.labels)
+    check_class_names(classes)
+    position = {name: i for i, name in enumerate(classes)}
+    label_ids = np.array([position[name] for name in corpus.labels], dtype=np.int64)[corpus.label_codes]
+    splits = make_splits(corpus, label_ids, cfg, classes)
+    warnings = check_splits(corpus, splits, label_ids, classes)
+    duplicates = count_duplicates(corpus, splits)
+
+    flat = np.empty(sum(chunk.size for chunk in corpus.chunks), dtype=np.int32)
+    position = 0
+    while corpus.chunks:  # one copy of the token ids at a time, never two
+        chunk = corpus.chunks.pop(0)
+        flat[position : position + chunk.size] = chunk
+        position += chunk.size
+    offsets = np.zeros(len(corpus) + 1, dtype=np.int64)
+    np.cumsum(np.concatenate(corpus.lengths), out=offsets[1:])
+    # From the documents left for training only: validation and test words are out of vocabulary.
+    in_train = np.zeros(len(corpus), dtype=bool)
+    in_train[splits.train] = True
+    counts = np.bincount(flat[np.repeat(in_train, offsets[1:] - offsets[:-1])], minlength=len(corpus.numbering.index))
+    to_vocabulary = encoder.fit_numbered(corpus.numbering, counts)
+    np.take(to_vocabulary, flat, out=flat)  # (T,) int32 vocabulary ids, in place
+    encoded = {
+        name: encoded_split(corpus, flat, offsets, chosen, label_ids)
+        for name, chosen in (("train", splits.train), ("val", splits.val), ("test", splits.test))
     }
     with staged_dir(out_dir) as staging:
-        for name, split in splits.items():
+        for name, split in encoded.items():
             split.save(staging / f"{name}.pt")
-        (staging / VOCAB_FILE).write_text("".join(f"{w}\n" for w in vocabulary), encoding="utf-8")
-        (staging / LABELS_FILE).write_text(json.dumps(groups, indent=2) + "\n", encoding="utf-8")
+        encoder.save(staging)  # encoder.json and vocab.txt: what the served model encodes with
+        (staging / LABELS_FILE).write_text(json.dumps(classes, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         files = {path.name: file_sha256(path) for path in sorted(staging.iterdir()) if path.is_file()}
         manifest = {
             "format_version": FORMAT_VERSION,
-            # What the archive holds, not its bytes: a re-pack of the same files (a local copy
-            # from $TEXTCLF_DATA_HOME) writes this directory byte for byte the same, so DVC
-            # reruns nothing after preprocess (see textclf.data.archive.content_line).
-            "content_sha256": content_sha256,
-            "data_hash": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
-            "num_classes": len(groups),
-            "vocab_size": len(vocabulary),
-            "counts": {name: len(split) for name, split in splits.items()},
+            # What the source holds (see its SourceRecord): a re-pack of the same files writes
+            # this directory byte for byte the same, so DVC reruns nothing after preprocess.
+            "content_sha256": record["content_sha256"] if record else None,
+            "source": record,
+            "data_hash": hashlib.sha256(
+                json.dumps({name: files[name] for name in DATA_FILES}, sort_keys=True).encode()
+            ).hexdigest(),
+            "num_classes": len(classes),
+            "vocab_size": encoder.vocab_size,
+            "counts": {name: len(split) for name, split in encoded.items()},
+            "splits": splits.how,
             "duplicates": duplicates,
-            "tokens": {name: int(split.tokens.numel()) for name, split in splits.items()},
+            "decode_fallbacks": corpus.fallbacks,
+            "empty_documents": corpus.empty,
+            "classes_missing_from_test": sorted(
+                set(classes) - {classes[c] for c in set(label_ids[splits.test].tolist())}
+            ),
+            "tokens": {name: int(split.tokens.numel()) for name, split in encoded.items()},
             "files": files,
-            "params": cfg.model_dump(include=PREPROCESS_PARAMS),
+            "params": {"data": cfg.data.model_dump(mode="json", by_alias=True), "encoder": encoder.settings()},
         }
         write_json(staging / MANIFEST_FILE, manifest)
-    print(f"preprocess: {len(messages)} messages in {time.perf_counter() - started:.1f}s")
+    print(f"preprocess: {len(corpus)} documents in {time.perf_counter() - started:.1f}s")
+    for line in warnings:
+        print(f"preprocess: warning: {line}")
+    if duplicates["test_in_train"]:
+        print(f"preprocess: warning: {duplicates['test_in_train']} test documents also occur in training")
     if any(duplicates.values()):
-        print(f"preprocess: duplicate documents (identical bytes, all kept): {json.dumps(duplicates)}")
+        print(f"preprocess: duplicate documents (identical text, all kept): {json.dumps(duplicates)}")
+    if corpus.fallbacks:
+        print(f"preprocess: {corpus.fallbacks} documents were not valid in the source's encoding (read as Latin-1)")
     return manifest
 
 
@@ -219,10 +389,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def stage() -> None:
-        cfg = load_params(args.params, check_targets=False)  # builds no model: see config.validate
+        cfg = load_params(args.params, targets=DATA_SECTIONS)  # builds no model: see config.validate
         sweep_abandoned(cfg)  # runs of trainings that died: KILLED (see textclf.resume)
-        archive = cfg.paths.raw / cfg.data.archive_name
-        manifest = preprocess(cfg.data, archive, cfg.paths.processed)
+        manifest = preprocess(cfg, cfg.paths.raw, cfg.paths.processed)
         print(f"preprocess: {json.dumps(manifest['counts'])}, vocabulary {manifest['vocab_size']}")
 
     run_cli("preprocess", stage)

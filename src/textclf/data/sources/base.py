@@ -16,9 +16,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from textclf.errors import TextclfError
+
+if TYPE_CHECKING:
+    from textclf.config import Config
 
 # Split names an example may carry; None: the source does not split (preprocess holds out
 # the test and validation documents, stratified and seeded).
@@ -94,11 +98,18 @@ class DataSource(ABC):
 
 
 def fetch_url(
-    source: DataSource, url: str, sha256: str, target: Path, progress: bool = True, mirrors: Iterable[str] = ()
+    source: DataSource,
+    url: str,
+    sha256: str,
+    target: Path,
+    progress: bool = True,
+    mirrors: Iterable[str] = (),
+    hint: str = "",
 ) -> Path:
     """``target`` becomes the verified bytes of ``url`` (else of the first of ``mirrors`` that
     works): taken from ``source.downloads`` when a copy with that sha256 is there, else
-    downloaded (retries, limits and credentials as textclf.data.download says) and kept there."""
+    downloaded (retries, limits and credentials as textclf.data.download says) and kept there.
+    ``hint`` ends the error line when no URL worked."""
     from textclf.atomic import link_or_copy, staged_file
     from textclf.data.download import download
     from textclf.hashing import file_sha256
@@ -110,13 +121,22 @@ def fetch_url(
         target.unlink(missing_ok=True)
         link_or_copy(kept, target)
         return target
-    download([url, *mirrors], target, sha256, progress, max_bytes=source.limits.max_download_bytes)
+    download([url, *mirrors], target, sha256, progress, max_bytes=source.limits.max_download_bytes, hint=hint)
     if kept is not None:
         kept.parent.mkdir(parents=True, exist_ok=True)
         with staged_file(kept) as handle, open(target, "rb") as downloaded:
             while chunk := downloaded.read(1 << 20):
                 handle.write(chunk)
     return target
+
+
+def build_source(cfg: Config, downloads: Path | None = None) -> DataSource:
+    """The source ``cfg.data`` names, with its limits (and ``downloads``: see DataSource)."""
+    from textclf.config import build
+
+    data = cfg.data
+    limits = Limits(data.max_document_bytes, data.max_archive_bytes, data.max_download_bytes)
+    return build("data", data.source_options, limits=limits, downloads=downloads)
 
 
 def is_url(location: str) -> bool:
