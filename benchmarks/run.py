@@ -147,16 +147,15 @@ def run_worker(mode: str, params: Path, *extra: str) -> dict[str, Any]:
 
 
 def texts_and_labels(cfg) -> tuple[list[str], list[str], list[str], list[str]]:
-    from textclf.data.archive import read_messages
-    from textclf.data.text import clean, decode
+    from textclf.data.sources.base import build_source
+    from textclf.encoders.text import clean
 
-    messages = read_messages(cfg.paths.raw / cfg.data.archive_name, (cfg.data.train_dir, cfg.data.test_dir))
-    split = {cfg.data.train_dir: ([], []), cfg.data.test_dir: ([], [])}
-    for message in messages:
-        texts, labels = split[message.split]
-        texts.append(clean(decode(message.raw), cfg.encoder.remove))
-        labels.append(message.group)
-    (train_x, train_y), (test_x, test_y) = split[cfg.data.train_dir], split[cfg.data.test_dir]
+    split: dict[str, tuple[list[str], list[str]]] = {"train": ([], []), "test": ([], [])}
+    for example in build_source(cfg).read(cfg.paths.raw):  # the same texts preprocess reads
+        texts, labels = split[example.split]
+        texts.append(clean(example.text, cfg.encoder["remove"]))
+        labels.append(example.label)
+    (train_x, train_y), (test_x, test_y) = split["train"], split["test"]
     return train_x, train_y, test_x, test_y
 
 
@@ -319,11 +318,10 @@ def main(argv: list[str] | None = None) -> None:
         "torch_threads": torch.get_num_threads(),
     }
     print("download + preprocess", flush=True)
-    download(cfg.data, cfg.paths.raw, progress=False)
-    archive = cfg.paths.raw / cfg.data.archive_name
+    download(cfg, cfg.paths.raw, progress=False)
     manifest: dict[str, Any] = {}
     prep_seconds = median_time(
-        lambda: manifest.update(preprocess(cfg, archive.parent, cfg.paths.processed)), args.repeats
+        lambda: manifest.update(preprocess(cfg, cfg.paths.raw, cfg.paths.processed)), args.repeats
     )
     results["counts"] = manifest["counts"]
 
