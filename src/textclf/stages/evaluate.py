@@ -57,7 +57,7 @@ def predict(module: TextClassifier, datamodule: TextDataModule) -> tuple[torch.T
     datamodule.setup("test")
     logits, labels = [], []
     for batch in datamodule.test_dataloader():
-        logits.append(module(batch["tokens"], batch["offsets"], batch["lengths"]).float())
+        logits.append(module(batch).float())
         labels.append(batch["labels"])
     return torch.cat(logits), torch.cat(labels)
 
