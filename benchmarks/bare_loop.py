@@ -47,7 +47,7 @@ def bare_train(cfg: Config, processed: Path) -> dict[str, float]:
     for _ in range(epochs):
         model.train()
         for batch in data.train_dataloader():
-            logits = model(batch["tokens"], batch["offsets"], batch["lengths"])
+            logits = model(batch)
             loss = F.cross_entropy(logits, batch["labels"], label_smoothing=cfg.train.label_smoothing)
             optimizer.zero_grad()
             loss.backward()
@@ -57,7 +57,7 @@ def bare_train(cfg: Config, processed: Path) -> dict[str, float]:
         correct = total = 0
         with torch.inference_mode():
             for batch in data.val_dataloader():
-                predicted = model(batch["tokens"], batch["offsets"], batch["lengths"]).argmax(1)
+                predicted = model(batch).argmax(1)
                 correct += int((predicted == batch["labels"]).sum())
                 total += batch["labels"].numel()
         accuracy = correct / total

@@ -50,7 +50,7 @@ class TestAccuracyPerEpoch(pl.Callback):
         with torch.inference_mode():
             for start in range(0, len(self.test), self.batch_size):
                 batch = self.test[list(range(start, min(start + self.batch_size, len(self.test))))]
-                predicted = pl_module(batch["tokens"], batch["offsets"], batch["lengths"]).argmax(1)
+                predicted = pl_module(batch).argmax(1)
                 correct += int((predicted == batch["labels"]).sum())
         pl_module.train()
         self.curve.append((round(self.clock, 2), correct / len(self.test)))

@@ -65,7 +65,7 @@ def test_every_backbone_maps_a_batch_to_finite_logits(overrides: list[str]) -> N
     cfg = compose(overrides, root=REPO_ROOT)
     backbone = instantiate(cfg.model, vocab_size=VOCAB, num_classes=3)
     b = batch(max_len=cfg.model.max_len)
-    logits = backbone(b["tokens"], b["offsets"], b["lengths"])
+    logits = backbone(b)
     assert logits.shape == (4, 3)
     assert torch.isfinite(logits).all()
     logits.sum().backward()  # gradients flow, also through the empty document
@@ -80,8 +80,8 @@ def test_transformer_pooling_ignores_padding(pooling: str) -> None:
     alone = BatchedSplit(EncodedSplit.from_token_ids([[2, 3]], [0]), None)[[0]]
     padded = BatchedSplit(EncodedSplit.from_token_ids([[2, 3], [4, 5, 6, 7, 8]], [0, 1]), None)[[0, 1]]
     with torch.no_grad():
-        first = backbone(alone["tokens"], alone["offsets"], alone["lengths"])
-        second = backbone(padded["tokens"], padded["offsets"], padded["lengths"])[:1]
+        first = backbone(alone)
+        second = backbone(padded)[:1]
     assert torch.allclose(first, second, atol=1e-5)
 
 

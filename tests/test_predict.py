@@ -85,12 +85,20 @@ def test_texts_come_from_arguments_a_file_or_stdin(tmp_path: Path) -> None:
         read_texts([], tmp_path / "missing.txt", io.StringIO(""))
 
 
-def test_a_latin1_file_is_decoded_as_preprocess_decodes_the_corpus(tmp_path: Path) -> None:
-    file = tmp_path / "latin1.txt"
-    file.write_bytes("café crème\r\n\nnaïve\n".encode("latin-1") + b"wait\x85 one line\n")
+def test_a_utf8_file_is_decoded_as_the_sources_decode_the_corpus(tmp_path: Path) -> None:
+    file = tmp_path / "utf8.txt"
+    file.write_bytes("café 東京\r\n\nnaïve\u2028still one line\n".encode())
+    assert read_texts([], file, io.StringIO("ignored")) == ["café 東京", "naïve\u2028still one line"]
+    stdin = io.TextIOWrapper(io.BytesIO(file.read_bytes()), encoding="ascii")  # its bytes are read, not its text
+    assert read_texts([], None, stdin) == read_texts([], file, io.StringIO(""))
+
+
+def test_a_line_that_is_not_utf8_is_read_as_latin1_and_the_others_as_utf8(tmp_path: Path) -> None:
+    file = tmp_path / "mixed.txt"
+    file.write_bytes("café crème\r\n".encode("latin-1") + "naïve 東京\n".encode() + b"wait\x85 one line\n")
     with pytest.raises(UnicodeDecodeError):
         file.read_text(encoding="utf-8")  # what used to crash predict --file
-    assert read_texts([], file, io.StringIO("ignored")) == ["café crème", "naïve", "wait\x85 one line"]
+    assert read_texts([], file, io.StringIO("ignored")) == ["café crème", "naïve 東京", "wait\x85 one line"]
     assert read_texts([], None, io.TextIOWrapper(io.BytesIO(file.read_bytes()))) == read_texts(
         [], file, io.StringIO("")
     )

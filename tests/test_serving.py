@@ -17,8 +17,9 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-from tiny_run import LABELS, TEXTS, tiny_run
+from tiny_run import LABELS, TEXTS, TinyRun, tiny_run
 
+from textclf.encoders.base import ENCODER_FILE, load_encoder
 from textclf.errors import TextclfError
 from textclf.serving import TextclfModel, texts_of
 from textclf.tracking import mlflow_tracking_uri
@@ -27,9 +28,14 @@ from conftest import subprocess_env
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny_archive) -> tuple[str, str]:
-    """(tracking URI, run id) of one tiny training, shared by this module's tests."""
-    run = tiny_run(tmp_path_factory.mktemp("trained"), *tiny_archive)
+def run(tmp_path_factory: pytest.TempPathFactory, tiny_archive) -> TinyRun:
+    """One tiny training, evaluated (so its model is logged), shared by this module's tests."""
+    return tiny_run(tmp_path_factory.mktemp("trained"), *tiny_archive)
+
+
+@pytest.fixture(scope="module")
+def trained(run: TinyRun) -> tuple[str, str]:
+    """(tracking URI, run id) of the tiny training."""
     return run.uri, run.run_id
 
 
@@ -61,10 +67,11 @@ def test_the_model_packs_what_it_needs_and_pins_its_requirements(trained, tmp_pa
     with mlflow_tracking_uri(uri):
         local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
     artifacts = {p.name for p in (local / "artifacts").iterdir()}
-    assert artifacts == {"checkpoint.ckpt", "tokenizer.json", "vocab.txt", "labels.json", "config.yaml"}
+    assert artifacts == {"checkpoint.ckpt", "encoder", "labels.json", "config.yaml"}
     assert json.loads((local / "artifacts" / "labels.json").read_text()) == LABELS
-    tokenizer = json.loads((local / "artifacts" / "tokenizer.json").read_text())
-    assert set(tokenizer) == {"remove", "lowercase", "token_pattern"}
+    assert {p.name for p in (local / "artifacts" / "encoder").iterdir()} == {ENCODER_FILE, "vocab.txt"}
+    encoder = json.loads((local / "artifacts" / "encoder" / ENCODER_FILE).read_text(encoding="utf-8"))
+    assert set(encoder) == {"_target_", "lowercase", "token_pattern", "min_freq", "max_vocab", "remove"}
     assert (local / "code" / "textclf" / "serving.py").is_file()
     # Models-from-code: MLflow runs pyfunc_model.py to make the model; no pickle of ours.
     assert (local / "pyfunc_model.py").is_file() and not list(local.rglob("*.pkl"))
@@ -85,30 +92,45 @@ def test_bad_input_is_named_in_one_line() -> None:
     assert texts_of("one text") == ["one text"]
 
 
+def test_the_shipped_encoder_is_the_one_preprocess_saved(run: TinyRun) -> None:
+    served = load(run.uri, f"runs:/{run.run_id}/model").unwrap_python_model().encoder
+    processed = load_encoder(run.cfg.paths.processed)
+    assert served.settings() == processed.settings() and served.vocabulary == processed.vocabulary
+    texts = [*TEXTS.values(), "café 東京 naïve", ""]
+    for key, tensor in processed.encode(texts).items():
+        assert torch.equal(served.encode(texts)[key], tensor), key
+
+
 class _Context:
     def __init__(self, artifacts: dict[str, str]) -> None:
         self.artifacts = artifacts
 
 
-def test_a_tampered_checkpoint_is_refused_when_the_model_loads(trained, tmp_path: Path) -> None:
-    uri, run_id = trained
+def downloaded_artifacts(uri: str, run_id: str, into: Path) -> dict[str, str]:
+    """{artifact name: local path} of the run's model, as MLflow hands them to load_context."""
     with mlflow_tracking_uri(uri):
-        local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
-    artifacts = {
-        name: str(local / "artifacts" / file)
-        for name, file in (
-            ("tokenizer", "tokenizer.json"),
-            ("vocab", "vocab.txt"),
-            ("labels", "labels.json"),
-            ("checkpoint", "checkpoint.ckpt"),
-            ("config", "config.yaml"),
-        )
-    }
+        local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(into)))
+    files = {"encoder": "encoder", "labels": "labels.json", "checkpoint": "checkpoint.ckpt", "config": "config.yaml"}
+    return {name: str(local / "artifacts" / file) for name, file in files.items()}
+
+
+def test_a_tampered_checkpoint_is_refused_when_the_model_loads(trained, tmp_path: Path) -> None:
+    artifacts = downloaded_artifacts(*trained, tmp_path)
     marker = tmp_path / "pwned"
     torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": _RunsCode(marker)}, artifacts["checkpoint"])
     with pytest.raises(TextclfError, match="refusing to load"):
         TextclfModel().load_context(_Context(artifacts))
     assert not marker.exists()
+
+
+def test_a_tampered_encoder_is_refused_when_the_model_loads(trained, tmp_path: Path) -> None:
+    artifacts = downloaded_artifacts(*trained, tmp_path)
+    description = Path(artifacts["encoder"]) / ENCODER_FILE
+    settings = json.loads(description.read_text(encoding="utf-8"))
+    description.write_text(json.dumps({**settings, "_target_": "os.system"}), encoding="utf-8")
+    with pytest.raises(TextclfError, match="refusing to build encoder 'os.system'") as error:
+        TextclfModel().load_context(_Context(artifacts))
+    assert "\n" not in str(error.value)
 
 
 class _RunsCode:

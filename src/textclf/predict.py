@@ -135,11 +135,13 @@ def register(run_id: str, tracking_uri: str, name: str = REGISTERED_NAME, alias:
 def read_texts(texts: list[str], file: Path | None, stdin: TextIO) -> list[str]:
     """Texts given as arguments, else one per non-empty line of ``file``, else of stdin.
 
-    Bytes (a file, a real stdin) are decoded as preprocess decodes the corpus
-    (textclf.data.text.decode: Latin-1, so no byte fails), which also gives the model the
-    tokens it was trained on. Lines are split on the bytes \n, \r\n and \r: str.splitlines
-    would also split at characters such as U+0085, which is how Latin-1 reads cp1252's "…"."""
-    from textclf.data.text import decode
+    The served model takes strings; the corpus it was trained on was decoded by its data
+    source (data.encoding, UTF-8 by default). Bytes (a file, a real stdin) are decoded as the
+    sources decode by default (textclf.encoders.text.decode: UTF-8, and Latin-1 for a line that
+    is not valid UTF-8, so no byte fails), so a UTF-8 text gets the tokens preprocess gave it.
+    Lines are split on the bytes \n, \r\n and \r: str.splitlines would also split at
+    characters such as U+0085 or U+2028."""
+    from textclf.encoders.text import decode
 
     if texts and file is not None:
         raise TextclfError("give texts either as arguments or with --file, not both")
@@ -152,7 +154,7 @@ def read_texts(texts: list[str], file: Path | None, stdin: TextIO) -> list[str]:
     else:
         binary = getattr(stdin, "buffer", None)  # absent on a StringIO
         raw = binary.read() if binary is not None else None
-    lines = [decode(line) for line in raw.splitlines()] if raw is not None else stdin.read().splitlines()
+    lines = [decode(line)[0] for line in raw.splitlines()] if raw is not None else stdin.read().splitlines()
     return [line for line in lines if line.strip()]
 
 

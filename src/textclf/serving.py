@@ -5,8 +5,9 @@ Each training logs one under the artifact name ``model``; it loads anywhere MLfl
 ``mlflow models serve``) without the processed data or this repository:
 
   artifacts/checkpoint.ckpt  the best checkpoint (weights + hyperparameters; loaded weights-only)
-  artifacts/tokenizer.json   data.remove, data.lowercase, data.token_pattern (as preprocess used them)
-  artifacts/vocab.txt        one word per line; line i is token id i (0 <pad>, 1 <unk>)
+  artifacts/encoder/         the text encoder preprocess fitted and saved (textclf.encoders):
+                             encoder.json (its _target_ and settings) and its files (the regex
+                             encoder's vocab.txt: line i is token id i, 0 <pad>, 1 <unk>)
   artifacts/labels.json      class names; index i is class i
   artifacts/config.yaml      the resolved config that trained it (secrets masked, as in the run's params)
   code/textclf/              this package, so the model runs the code it was trained with
@@ -33,9 +34,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from textclf.atomic import link_or_copy
-from textclf.data.datamodule import BatchedSplit
-from textclf.data.encoded import LABELS_FILE, UNK_ID, VOCAB_FILE, EncodedSplit, read_labels
-from textclf.data.text import Tokenizer, clean
+from textclf.data.datamodule import clip_documents
+from textclf.data.encoded import LABELS_FILE, read_labels
+from textclf.encoders.base import load_encoder
 from textclf.errors import TextclfError, first_line
 from textclf.models.checkpoint import load_checkpoint
 from textclf.redact import mask_userinfo, redact_config
@@ -46,8 +47,7 @@ MODEL_NAME = "model"  # artifact name: runs:/<run id>/model
 # code/ on sys.path); it names TextclfModel, so the model holds no pickle (python_model.pkl).
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 TEXT_COLUMN, LABEL_COLUMN = "text", "label"
-TOKENIZER_FILE, CONFIG_FILE, CHECKPOINT_FILE = "tokenizer.json", "config.yaml", "checkpoint.ckpt"
-TOKENIZER_KEYS = ("remove", "lowercase", "token_pattern")
+ENCODER_DIR, CONFIG_FILE, CHECKPOINT_FILE = "encoder", "config.yaml", "checkpoint.ckpt"
 BATCH_SIZE = 256  # documents per forward pass
 # What the bundled code imports at prediction time (distribution names).
 REQUIREMENTS = (
@@ -99,35 +99,26 @@ def texts_of(model_input: Any) -> list[str]:
 
 
 class TextclfModel(mlflow.pyfunc.PythonModel):
-    """Raw text -> the same tokens preprocess made -> the trained classifier -> probabilities.
+    """Raw text -> the encoder preprocess used -> the trained classifier -> probabilities.
 
     Made by pyfunc_model.py, with no state; ``load_context`` reads every artifact into memory
     (the model directory can be removed once it returns)."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         artifacts = {name: Path(path) for name, path in context.artifacts.items()}
-        settings = json.loads(artifacts["tokenizer"].read_text(encoding="utf-8"))
-        self.remove = settings["remove"]
-        self.tokenizer = Tokenizer(settings["token_pattern"], settings["lowercase"])
-        vocabulary = artifacts["vocab"].read_text(encoding="utf-8").split("\n")[:-1]
-        self.index = {word: i for i, word in enumerate(vocabulary)}
+        self.encoder = load_encoder(artifacts["encoder"])  # builds only the project's own encoders
         self.labels: list[str] = json.loads(artifacts["labels"].read_text(encoding="utf-8"))
         self.module = load_checkpoint(artifacts["checkpoint"]).eval()
         self.max_len = self.module.hparams.model.get("max_len")  # tokens kept per document, as in training
 
-    def encode(self, texts: list[str]) -> EncodedSplit:
-        ids = [[self.index.get(token, UNK_ID) for token in self.tokenizer(clean(text, self.remove))] for text in texts]
-        return EncodedSplit.from_token_ids(ids, [0] * len(ids))  # labels unused
-
     @torch.inference_mode()
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         """-> (N, C) float32 softmax over the classes, in batches of BATCH_SIZE documents."""
-        split = BatchedSplit(self.encode(texts), self.max_len)
         chunks = [torch.zeros(0, len(self.labels))]
         for start in range(0, len(texts), BATCH_SIZE):
-            batch = split[list(range(start, min(start + BATCH_SIZE, len(texts))))]
-            logits = self.module(batch["tokens"], batch["offsets"], batch["lengths"])  # (B, C)
-            chunks.append(logits.float().softmax(dim=1))
+            encoded = self.encoder.encode(texts[start : start + BATCH_SIZE])
+            batch = clip_documents(encoded["tokens"], encoded["offsets"], encoded["lengths"], self.max_len)
+            chunks.append(self.module(batch).float().softmax(dim=1))  # (B, C)
         return torch.cat(chunks)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -163,19 +154,20 @@ def pip_requirements() -> list[str]:
 
 
 def pack(staging: Path, checkpoint: Path, processed: Path, config: dict[str, Any]) -> dict[str, str]:
-    """Writes the model's files into ``staging``; returns {artifact name: path} for MLflow."""
+    """Writes the model's files into ``staging``; returns {artifact name: path} for MLflow.
+
+    The encoder is loaded from ``processed`` and saved again (so only an encoder that loads is
+    shipped, with exactly the files it reads back); ``config`` is saved with secrets masked."""
     files = {
         "checkpoint": CHECKPOINT_FILE,
-        "tokenizer": TOKENIZER_FILE,
-        "vocab": VOCAB_FILE,
+        "encoder": ENCODER_DIR,
         "labels": LABELS_FILE,
         "config": CONFIG_FILE,
     }
-    tokenizer = {key: config["data"][key] for key in TOKENIZER_KEYS}
-    (staging / TOKENIZER_FILE).write_text(json.dumps(tokenizer, indent=2) + "\n", encoding="utf-8")
+    (staging / ENCODER_DIR).mkdir()
+    load_encoder(processed).save(staging / ENCODER_DIR)
     (staging / CONFIG_FILE).write_text(yaml.safe_dump(shareable_config(config), sort_keys=False), encoding="utf-8")
     shutil.copyfile(processed / LABELS_FILE, staging / LABELS_FILE)
-    shutil.copyfile(processed / VOCAB_FILE, staging / VOCAB_FILE)
     link_or_copy(checkpoint, staging / CHECKPOINT_FILE)  # a temporary directory: no need for a copy
     return {name: str(staging / file) for name, file in files.items()}
 
@@ -183,9 +175,9 @@ def pack(staging: Path, checkpoint: Path, processed: Path, config: dict[str, Any
 def log_model(uri: str, run_id: str, checkpoint: Path, processed: Path, config: dict[str, Any]) -> str:
     """Logs the pyfunc model to run ``run_id`` as ``model``; returns its URI (runs:/<id>/model).
 
-    ``checkpoint`` is the best checkpoint, ``processed`` the directory holding the vocabulary
-    and labels it was trained on, ``config`` the resolved config (its ``data`` section holds
-    the tokenizer settings)."""
+    ``checkpoint`` is the best checkpoint, ``processed`` the directory holding the encoder
+    and labels it was trained on (as preprocess saved them), ``config`` the resolved config
+    that trained it (shipped as config.yaml)."""
     labels = read_labels(processed)
     if LABEL_COLUMN in labels:
         raise TextclfError(f"a class is named '{LABEL_COLUMN}', which clashes with the prediction column")

@@ -23,6 +23,24 @@ class Batch(dict):
     lengths (B,) tokens per document; labels (B,) class indices."""
 
 
+def clip_documents(
+    tokens: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, max_len: int | None
+) -> dict[str, torch.Tensor]:
+    """The documents at ``starts`` (B,) with ``lengths`` (B,) in the flat ``tokens`` (T,), each
+    cut to its first ``max_len`` tokens (whole when None), as a batch: tokens (T',) int64,
+    offsets (B,), lengths (B,). Used wherever the model runs (training, evaluate, the shipped
+    model), so a document is clipped the same way in each."""
+    if max_len is not None:
+        lengths = lengths.clamp(max=max_len)
+    # Gather every kept position at once: position p of document b is starts[b] + p.
+    doc_of_token = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+    batch_offsets = torch.zeros(lengths.numel(), dtype=torch.int64)
+    torch.cumsum(lengths[:-1], dim=0, out=batch_offsets[1:])
+    position = torch.arange(int(lengths.sum())) - batch_offsets[doc_of_token]
+    kept = tokens[starts[doc_of_token] + position].long()
+    return {"tokens": kept, "offsets": batch_offsets, "lengths": lengths}
+
+
 class BatchedSplit(Dataset):
     """Indexed by a list of document indices (from a BatchSampler): returns a whole batch."""
 
@@ -37,15 +55,8 @@ class BatchedSplit(Dataset):
         index = torch.as_tensor(indices, dtype=torch.int64)
         starts = self.split.offsets[index]
         lengths = self.split.offsets[index + 1] - starts
-        if self.max_len is not None:
-            lengths = lengths.clamp(max=self.max_len)
-        # Gather every kept position at once: position p of document b is starts[b] + p.
-        doc_of_token = torch.repeat_interleave(torch.arange(len(indices)), lengths)
-        batch_offsets = torch.zeros(len(indices), dtype=torch.int64)
-        torch.cumsum(lengths[:-1], dim=0, out=batch_offsets[1:])
-        position = torch.arange(int(lengths.sum())) - batch_offsets[doc_of_token]
-        tokens = self.split.tokens[starts[doc_of_token] + position].long()
-        return Batch(tokens=tokens, offsets=batch_offsets, lengths=lengths, labels=self.split.labels[index])
+        batch = clip_documents(self.split.tokens, starts, lengths, self.max_len)
+        return Batch(**batch, labels=self.split.labels[index])
 
 
 class EpochBatchSampler(BatchSampler):

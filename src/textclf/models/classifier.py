@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -52,11 +53,14 @@ class TextClassifier(pl.LightningModule):
             frequency = split.document_frequency(self.hparams.vocab_size)
             self.backbone.set_document_frequency(frequency, len(split))
 
-    def forward(self, tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.backbone(tokens, offsets, lengths)
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The batch mapping the encoder makes (the regex encoder's: tokens (T,), offsets (B,),
+        lengths (B,); see textclf.encoders) -> logits (B, num_classes). Extra keys (labels)
+        are left to the caller."""
+        return self.backbone(batch)
 
-    def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self(batch["tokens"], batch["offsets"], batch["lengths"])
+    def _logits(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self(batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self._logits(batch), batch["labels"])

@@ -4,6 +4,7 @@ linear layer. With ``weighting: tfidf`` each word counts by its sublinear TF-IDF
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -64,8 +65,8 @@ class FastText(nn.Module):
         # Inverse document frequency per word id, from the training split (set_document_frequency);
         # a buffer, so checkpoints carry it.
         self.register_buffer("idf", torch.ones(vocab_size))
-        # max_len (tokens kept per document) is not used here: BatchedSplit clips the documents,
-        # given model.max_len wherever the model runs (train, evaluate, the shipped model).
+        # max_len (tokens kept per document) is not used here: data.datamodule.clip_documents cuts
+        # the documents to it wherever the model runs (train, evaluate, the shipped model).
         # sparse=True: gradients cover only the rows a batch used (stepped by SparseAdam).
         self.embedding = nn.EmbeddingBag(vocab_size + ngram_buckets, embed_dim, mode="sum", sparse=sparse)
         self.dropout = nn.Dropout(dropout)
@@ -85,8 +86,10 @@ class FastText(nn.Module):
         tf = counts[which].to(self.idf.dtype)
         return self.idf[tokens] * (1 + torch.log(tf)) / tf
 
-    def forward(self, tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """tokens (T,), offsets (B,), lengths (B,) -> logits (B, num_classes)"""
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """batch: tokens (T,) flat ids, offsets (B,) where each document starts in tokens,
+        lengths (B,) tokens per document -> logits (B, num_classes)"""
+        tokens, offsets, lengths = batch["tokens"], batch["offsets"], batch["lengths"]
         if self.weighting == "tfidf":
             weights = self._word_weights(tokens, lengths)  # (T,)
             summed = self.embedding(tokens, offsets, per_sample_weights=weights)  # (B, D)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -32,8 +33,8 @@ class LSTMClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.pooling = pooling
-        # max_len (tokens kept per document) is not used here: BatchedSplit clips the documents,
-        # given model.max_len wherever the model runs (train, evaluate, the shipped model).
+        # max_len (tokens kept per document) is not used here: data.datamodule.clip_documents cuts
+        # the documents to it wherever the model runs (train, evaluate, the shipped model).
         # sparse=True: only the rows of words in the batch get gradients (stepped by SparseAdam).
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_ID, sparse=sparse)
         self.lstm = nn.LSTM(
@@ -47,8 +48,10 @@ class LSTMClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(pooled_width(hidden_dim * (2 if bidirectional else 1), pooling), num_classes)
 
-    def forward(self, tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """tokens (T,), offsets (B,), lengths (B,) -> logits (B, num_classes)"""
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """batch: tokens (T,) flat ids, lengths (B,) tokens per document (documents follow
+        each other in tokens; offsets (B,) unused) -> logits (B, num_classes)"""
+        tokens, lengths = batch["tokens"], batch["lengths"]
         ids = pad_batch(tokens, lengths)  # (B, L)
         steps = lengths.clamp(min=1)
         embedded = self.dropout(self.embedding(ids))  # (B, L, E)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
@@ -45,8 +46,10 @@ class TransformerClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(pooled_width(embed_dim, pooling), num_classes)
 
-    def forward(self, tokens: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """tokens (T,), offsets (B,), lengths (B,) -> logits (B, num_classes)"""
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """batch: tokens (T,) flat ids, lengths (B,) tokens per document (documents follow
+        each other in tokens; offsets (B,) unused) -> logits (B, num_classes)"""
+        tokens, lengths = batch["tokens"], batch["lengths"]
         ids = pad_batch(tokens, lengths)[:, : self.max_len]  # (B, L)
         positions = torch.arange(ids.size(1), device=ids.device)
         hidden = self.dropout(self.embedding(ids) + self.position(positions))  # (B, L, E)

@@ -4,7 +4,7 @@ Writes ``<paths.reports>/``: metrics.json (DVC metrics), per_class.json, confusi
 (DVC confusion plot), per_class_f1.csv (DVC bar plot) and confusion.png; completes the MLflow
 run that trained the checkpoint with the test metrics and reports, PNGs of the per-class F1
 and of the learning curves (from training_curves.csv), and the shipped model
-(``runs:/<id>/model``, see textclf.serving): the checkpoint, the vocabulary and labels of
+(``runs:/<id>/model``, see textclf.serving): the checkpoint, the encoder and labels of
 ``<paths.processed>/`` and the config that trained it (``<paths.models>/config.yaml``).
 """
 
@@ -57,7 +57,7 @@ def predict(module: TextClassifier, datamodule: TextDataModule) -> tuple[torch.T
     datamodule.setup("test")
     logits, labels = [], []
     for batch in datamodule.test_dataloader():
-        logits.append(module(batch["tokens"], batch["offsets"], batch["lengths"]).float())
+        logits.append(module(batch).float())
         labels.append(batch["labels"])
     return torch.cat(logits), torch.cat(labels)
 
@@ -201,7 +201,7 @@ def log_to_run(
     reference: dict[str, str] | None = None,
 ) -> None:
     """Adds test metrics and reports, then the shipped model (the checkpoint with the
-    vocabulary and labels of ``processed``), to the run that trained the checkpoint
+    encoder and labels of ``processed``), to the run that trained the checkpoint
     (``reference``: models_dir's mlflow_run.json as read when the checkpoint was loaded)."""
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
@@ -234,7 +234,7 @@ def log_to_run(
             store.log_artifact(run_id, str(reports_dir / name), artifact_path="evaluation")
         log_figures(store, run_id, reports_dir, metrics[F1_MACRO])
         # The config that trained the checkpoint (secrets masked, as train wrote it), not this
-        # stage's params; its data section holds the tokenizer settings preprocess used.
+        # stage's params; the encoder ships from ``processed``, as preprocess saved it.
         config = yaml.safe_load((models_dir / "config.yaml").read_text(encoding="utf-8"))
         log_model(store.uri, run_id, models_dir / f"{CHECKPOINT_NAME}.ckpt", processed, config)  # runs:/<id>/model
     if store.get_run(run_id).info.status == "RUNNING":
