@@ -125,6 +125,12 @@ def _decompressed(archive: Path) -> Iterator[BinaryIO]:
             yield stream
 
 
+def looks_like_tar(head: bytes) -> bool:
+    """Whether a file starting with ``head`` (its first 512 bytes) is a tar archive, compressed
+    (gzip, bzip2, xz) or not (the POSIX "ustar" magic)."""
+    return any(head.startswith(prefix) for prefix, _ in _COMPRESSION) or head[257:262] == b"ustar"
+
+
 # The content hash of a corpus: what it holds, however it is packed. Over every regular file,
 # sorted by its path (relative, '/'-separated, normalized; compared as UTF-8 bytes), the line
 # ``<hex sha256 of its bytes>  <path>\0`` (sha256sum --zero's format); the hash is the SHA-256 of
@@ -150,7 +156,7 @@ def _sort_key(line: bytes) -> tuple[bytes, bytes]:
 
 
 @contextmanager
-def _checked_members(
+def checked_members(
     archive: Path, max_archive_bytes: int | None
 ) -> Iterator[Iterator[tuple[tarfile.TarInfo, tarfile.TarFile]]]:
     """The archive's members, each checked (``_check_member``), with the tar to read them
@@ -195,7 +201,7 @@ def content_sha256(archive: str | Path, max_archive_bytes: int | None = None) ->
     """The content hash (see ``content_line``) of every regular file in ``archive``, read with
     the same checks as ``read_messages`` (unsafe members refused, ``max_archive_bytes``)."""
     archive = Path(archive)
-    with _checked_members(archive, max_archive_bytes) as members:
+    with checked_members(archive, max_archive_bytes) as members:
         lines = [
             content_line(posixpath.normpath(member.name), _member_sha256(tar, member))
             for member, tar in members
@@ -221,7 +227,7 @@ def read_corpus(
     messages = []
     lines = []  # content_line of every regular file
     categories = set()  # (split, group) of every category directory, empty or not
-    with _checked_members(archive, max_archive_bytes) as members:
+    with checked_members(archive, max_archive_bytes) as members:
         for member, tar in members:
             path = posixpath.normpath(member.name)
             parts = path.split("/")
