@@ -593,7 +593,6 @@ def test_the_composed_folder_yaml_builds_a_folder(tmp_path: Path) -> None:
     assert len(examples(source)) == len(FLAT)
 
 
-@pytest.mark.xfail(reason="WIP schema: DataConfig.name vs the yamls' corpus key; paths.inputs", strict=False)
 def test_the_composed_config_validates_and_builds_a_folder(tmp_path: Path) -> None:
     cfg = validate(compose(["data=folder", f"data.path={tmp_path}"], root=REPO_ROOT), targets=("data",))
     assert isinstance(build("data", cfg.data.source_options, limits=Limits()), Folder)

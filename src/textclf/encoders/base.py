@@ -81,5 +81,7 @@ def load_encoder(directory: Path) -> TextEncoder:
         raise TextclfError(f"{path}: not valid JSON ({error})") from None
     target = description.pop("_target_", None) if isinstance(description, dict) else None
     if target not in TARGETS["encoder"]:
-        raise TextclfError(f"{path}: refusing to build encoder {target!r} (not one of: {', '.join(TARGETS['encoder'])})")
+        raise TextclfError(
+            f"{path}: refusing to build encoder {target!r} (not one of: {', '.join(TARGETS['encoder'])})"
+        )
     return get_object(target).load_files(directory, description)

@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import re
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -166,7 +165,9 @@ def read_corpus(examples: Iterable[Example], encoder: RegexEncoder, parallel: bo
         for item in pending:
             collect(*item)
     except BrokenProcessPool as error:  # killed: out of memory, or by a signal
-        raise TextclfError(f"the process tokenizing documents died ({error}); free memory and rerun preprocess") from error
+        raise TextclfError(
+            f"the process tokenizing documents died ({error}); free memory and rerun preprocess"
+        ) from error
     finally:
         if worker is not None:
             worker.shutdown(cancel_futures=True)
@@ -196,7 +197,9 @@ def check_class_names(classes: list[str]) -> None:
             name.encode("utf-8")
         except UnicodeEncodeError:
             shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-            raise TextclfError(f"class '{shown}': its name is not valid UTF-8 (rename the folder or fix the label)") from None
+            raise TextclfError(
+                f"class '{shown}': its name is not valid UTF-8 (rename the folder or fix the label)"
+            ) from None
         if not name.strip():
             raise TextclfError(f"class {name!r}: an empty label (give every document a label)")
         if name in RESERVED_CLASS_NAMES:
@@ -279,12 +282,12 @@ def check_splits(corpus: Corpus, splits: Splits, label_ids: np.ndarray, classes:
     if missing:
         warnings.append(f"classes with no test document (macro averages run over the others): {missing}")
     if splits.how["test"] == "source" and splits.test.size:
-        train = Counter(corpus.digests[i] for i in np.concatenate([splits.train, splits.val]).tolist())
-        test = Counter(corpus.digests[i] for i in splits.test.tolist())
-        if train == test:
+        seen = {corpus.digests[i] for i in np.concatenate([splits.train, splits.val]).tolist()}
+        if all(corpus.digests[i] in seen for i in splits.test.tolist()):
             raise TextclfError(
-                f"the test split is the training split ({splits.test.size} identical documents): point the test "
-                "split at held-out documents, or leave it out to have one held out (data.test_fraction)"
+                f"the test split is the training split: all {splits.test.size} test documents also occur in "
+                "training (point the test split at held-out documents, or leave it out to have one held out: "
+                "data.test_fraction)"
             )
     return warnings
 
