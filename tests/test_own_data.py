@@ -14,7 +14,7 @@ import torch
 from corpora import texts, write_folder, write_table
 
 from textclf.config import Config, validate
-from textclf.data.encoded import EncodedSplit, read_labels, read_manifest
+from textclf.data.encoded import EncodedSplit, read_labels
 from textclf.encoders.base import load_encoder
 from textclf.errors import TextclfError
 from textclf.params import compose
@@ -45,7 +45,7 @@ def test_a_folder_without_splits_gets_stratified_seeded_test_and_validation_hold
     assert manifest["splits"]["val"].startswith("held out: data.val_fraction=0.1")
     test = EncodedSplit.load(cfg.paths.processed / "test.pt")
     assert torch.bincount(test.labels).tolist() == [4, 4, 4]  # stratified
-    first = cfg.paths.processed.read_bytes() if False else (cfg.paths.processed / "test.pt").read_bytes()
+    first = (cfg.paths.processed / "test.pt").read_bytes()
     again = config(tmp_path / "again", "data=folder", f"data.path={corpus}")
     prepare(again)
     assert (again.paths.processed / "test.pt").read_bytes() == first  # seeded: the same split
@@ -172,4 +172,3 @@ def test_the_local_corpus_hash_is_recorded_and_a_pinned_hash_is_checked(tmp_path
     with pytest.raises(TextclfError, match="data.sha256"):
         download(pinned, tmp_path / "raw3")
     assert not (tmp_path / "raw3").exists()
-    assert read_manifest  # imported for the processed-data tests above
