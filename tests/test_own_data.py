@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from corpora import texts, write_folder, write_table
 
 from textclf.config import Config, validate
 from textclf.data.encoded import EncodedSplit, read_labels
@@ -22,6 +21,7 @@ from textclf.stages.download import download
 from textclf.stages.preprocess import preprocess
 
 from conftest import REPO_ROOT
+from corpora import texts, write_folder, write_table
 
 
 def config(tmp_path: Path, *overrides: str) -> Config:
