@@ -44,7 +44,7 @@ class DataConfig(_Section):
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
     target: str = Field(alias="_target_")
-    name: str = Field(min_length=1)  # the corpus, as the runs are tagged (data_name)
+    corpus: str = Field(min_length=1)  # the runs' data_name tag (a source may have a `name` of its own)
     # Held out, stratified and seeded, when the source has no such split: the test split
     # from all documents, the validation split from the training documents left.
     test_fraction: Annotated[float, Field(gt=0, lt=1)]
@@ -140,6 +140,7 @@ class PathsConfig(_Section):
     models: Path
     reports: Path
     cache: Path
+    inputs: list[str]  # the data source's local inputs (conf/config.yaml), the download stage's deps
 
 
 class Config(_Section):

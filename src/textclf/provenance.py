@@ -121,7 +121,7 @@ def run_tags(resolved: dict[str, Any], manifest: dict[str, Any]) -> dict[str, st
         "mlflow.source.git.commit": git_commit(project_root()) or "unknown",
         "git_dirty": git_dirty(),
         **dvc_experiment(),
-        "data_name": resolved["data"]["name"],
+        "data_name": resolved["data"]["corpus"],
         "data_hash": manifest["data_hash"],
         "model": resolved["model"]["_target_"].rsplit(".", 1)[-1],
         **package_versions(),
