@@ -103,6 +103,38 @@ def no_data_home(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Hugging Face offline, its caches under tmp_path (never the user's ~/.cache/huggingface).
+
+    datasets and huggingface_hub read these variables when imported, so their module settings
+    are set too (another test may have imported them already)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    home = tmp_path / "hf-home"
+    caches = {"HF_HOME": home, "HF_DATASETS_CACHE": home / "datasets", "HF_HUB_CACHE": home / "hub"}
+    for name, value in {**caches, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}.items():
+        monkeypatch.setenv(name, str(value))
+    settings = {
+        datasets.config: {
+            "HF_HUB_OFFLINE": True,
+            "HF_DATASETS_OFFLINE": True,
+            "HF_CACHE_HOME": str(home),
+            "HF_DATASETS_CACHE": home / "datasets",
+            "HF_MODULES_CACHE": home / "modules",
+            "DOWNLOADED_DATASETS_PATH": home / "datasets" / "downloads",
+            "EXTRACTED_DATASETS_PATH": home / "datasets" / "downloads" / "extracted",
+        },
+        huggingface_hub.constants: {"HF_HUB_OFFLINE": True, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub")},
+    }
+    for module, values in settings.items():
+        for name, value in values.items():
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, value)
+    return home
+
+
+@pytest.fixture
 def backoff_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Records the download's backoff waits (textclf.data.download._sleep) instead of sleeping."""
     from textclf.data import download as download_module

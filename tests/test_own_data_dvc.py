@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 SHRINK = [
     *TINY_MODELS["fasttext"],
     "encoder.min_freq=1",
-    "trainer.max_epochs=2",
+    "optimizer.lr=0.05",
+    "trainer.max_epochs=4",
     "trainer.enable_progress_bar=false",
     "train.batch_size=8",
     "train.resume_interval_s=null",
