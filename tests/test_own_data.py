@@ -172,3 +172,38 @@ def test_the_local_corpus_hash_is_recorded_and_a_pinned_hash_is_checked(tmp_path
     with pytest.raises(TextclfError, match="data.sha256"):
         download(pinned, tmp_path / "raw3")
     assert not (tmp_path / "raw3").exists()
+
+
+def test_balanced_class_weights_raise_the_recall_of_a_rare_class(tmp_path: Path, mlflow_uri: str) -> None:
+    from textclf.pipeline import run_pipeline
+
+    # The rare class shares most of its words with a common one: unweighted, the common one wins.
+    classes = {
+        "common": ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"],
+        "rare": ["alpha", "beta", "gamma", "delta", "epsilon", "omega"],
+        "other": ["sail", "hull", "mast", "keel", "tide", "knot"],
+    }
+    train = [pair for pair in texts(per_class=100, classes=classes) if pair[0] != "rare"]
+    train += [pair for pair in texts(per_class=10, classes=classes, seed=1) if pair[0] == "rare"]
+    table = write_table(tmp_path / "imbalanced.csv", train)
+    test = write_table(tmp_path / "test.csv", texts(per_class=30, classes=classes, seed=2))
+    recall = {}
+    for weights in ("null", "balanced"):
+        cfg = config(
+            tmp_path / weights,
+            "data=table",
+            f"data.train={table}",
+            f"data.test={test}",
+            f"train.class_weights={weights}",
+            "model.embed_dim=8",
+            "model.ngram_buckets=0",
+            "trainer.max_epochs=4",
+            "optimizer.lr=0.05",
+            "trainer.enable_progress_bar=false",
+            "train.batch_size=16",
+            "train.resume_interval_s=null",
+        )
+        run_pipeline(cfg, tmp_path / weights / "job")
+        per_class = json.loads((tmp_path / weights / "job" / "reports" / "per_class.json").read_text())
+        recall[weights] = per_class["rare"]["recall"]
+    assert recall["balanced"] > recall["null"]

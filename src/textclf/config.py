@@ -69,6 +69,7 @@ class TrainConfig(_Section):
     eval_batch_size: PositiveInt
     num_workers: NonNegativeInt
     label_smoothing: Fraction
+    class_weights: Literal["balanced"] | None  # balanced: loss weights n / (C * n_c); null: none
     num_threads: PositiveInt | None
     length_buckets: PositiveInt | None
     monitor: MonitorName  # selects the checkpoint; its mode (max or min) is textclf.metrics.mode

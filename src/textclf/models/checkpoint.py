@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from textclf.config import (
     Fraction,
@@ -40,6 +40,7 @@ class Hyperparameters(_Section):
     vocab_size: PositiveInt
     num_classes: PositiveInt
     label_smoothing: Fraction = 0.0  # TextClassifier's default: checkpoints from before it
+    class_weights: list[Annotated[float, Field(gt=0)]] | None = None  # the same
 
 
 def check_hyperparameters(values: Any) -> list[str]:

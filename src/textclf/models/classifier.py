@@ -36,12 +36,15 @@ class TextClassifier(pl.LightningModule):
         vocab_size: int,
         num_classes: int,
         label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         # Saved in the checkpoint; the train stage logs the whole flattened config itself.
         self.save_hyperparameters(logger=False)
         self.backbone: nn.Module = build("model", model, vocab_size=vocab_size, num_classes=num_classes)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        # (C,) loss weight per class (train.class_weights); None weighs every document alike.
+        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
         self.val_metrics = val_metrics(num_classes)
         self.train_loss = MeanMetric()  # the epoch's training loss, weighted by documents
 

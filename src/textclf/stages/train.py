@@ -167,7 +167,18 @@ def build_module(cfg: Config, datamodule: TextDataModule) -> TextClassifier:
         vocab_size=datamodule.vocab_size,
         num_classes=datamodule.num_classes,
         label_smoothing=cfg.train.label_smoothing,
+        class_weights=class_weights(cfg, datamodule),
     )
+
+
+def class_weights(cfg: Config, datamodule: TextDataModule) -> list[float] | None:
+    """train.class_weights=balanced: n / (C * n_c) for each class c of the training split (as
+    scikit-learn's "balanced"), so each class weighs the same in the loss however rare it is."""
+    if cfg.train.class_weights is None:
+        return None
+    datamodule.setup("fit")
+    counts = torch.bincount(datamodule.splits["train"].labels, minlength=datamodule.num_classes).clamp(min=1)
+    return (counts.sum() / (datamodule.num_classes * counts.double())).tolist()
 
 
 def build_trainer(cfg: Config, resume: Path, callbacks: list[Callback] | None = None) -> Training:
