@@ -100,15 +100,35 @@ def test_a_class_seen_only_in_test_is_an_error_naming_it(tmp_path: Path) -> None
     assert not cfg.paths.processed.exists()
 
 
-def test_a_class_missing_from_test_is_a_warning_naming_it(tmp_path: Path, capsys) -> None:
-    train = write_table(tmp_path / "train.csv", texts(per_class=8))
-    test = write_table(tmp_path / "test.csv", [pair for pair in texts(per_class=2, seed=3) if pair[0] != "talk.bread"])
-    cfg = config(tmp_path, "data=table", f"data.train={train}", f"data.test={test}")
+def test_a_class_missing_from_test_is_a_warning_and_metrics_say_which_classes_macro_averages_cover(
+    tmp_path: Path, capsys, mlflow_uri: str
+) -> None:
+    from textclf.pipeline import run_pipeline
+
+    train = write_table(tmp_path / "train.csv", texts(per_class=12))
+    test = write_table(tmp_path / "test.csv", [pair for pair in texts(per_class=4, seed=3) if pair[0] != "talk.bread"])
+    cfg = config(
+        tmp_path,
+        "data=table",
+        f"data.train={train}",
+        f"data.test={test}",
+        "model.embed_dim=8",
+        "model.ngram_buckets=0",
+        "optimizer.lr=0.05",
+        "trainer.max_epochs=4",
+        "trainer.enable_progress_bar=false",
+        "train.resume_interval_s=null",
+    )
     manifest = prepare(cfg)
     assert manifest["classes_missing_from_test"] == ["talk.bread"]
     assert (
         "classes with no test document (macro averages run over the others): ['talk.bread']" in capsys.readouterr().out
     )
+    run_pipeline(cfg, tmp_path / "job")
+    metrics = json.loads((tmp_path / "job" / "reports" / "metrics.json").read_text())
+    assert metrics["accuracy"] == 1.0  # so talk.bread is never predicted either
+    assert metrics["macro_classes"] == 2
+    assert metrics["macro_excludes"] == ["talk.bread"]
 
 
 def test_a_class_too_small_to_hold_out_is_an_error_naming_it_and_its_count(tmp_path: Path) -> None:

@@ -134,6 +134,10 @@ def evaluate(
     metrics[LOSS] = round(float(F.cross_entropy(logits, labels)), 6)
     metrics["num_test"] = int(labels.numel())
     support = torch.bincount(labels, minlength=len(names))
+    # torchmetrics leaves out of a macro average every class that is neither in the test split
+    # nor predicted (no true or false positive, no false negative): say which classes count.
+    counted = (support + torch.bincount(logits.argmax(dim=1), minlength=len(names))) > 0
+    metrics["macro_classes"] = int(counted.sum())
     per_class = {
         name: {
             "precision": round(float(scores["precision"][i]), 6),
@@ -152,13 +156,16 @@ def evaluate(
 
     # Everything is computed before the first write; the reports are written as one (all staged,
     # then renamed), so a failure leaves none of them changed.
+    summary = dict(metrics)  # metrics.json also names the classes left out of the macro averages
+    if not bool(counted.all()):
+        summary["macro_excludes"] = [name for name, kept in zip(names, counted.tolist()) if not kept]
     write_files(
         {
             reports_dir / PER_CLASS_FILE: _json_bytes(per_class),
             reports_dir / CONFUSION_CSV: rows.getvalue().encode(),
             reports_dir / PER_CLASS_F1_CSV: per_class_f1_csv(per_class).encode(),
             reports_dir / CONFUSION_PNG: png,
-            reports_dir / METRICS_FILE: _json_bytes(metrics),
+            reports_dir / METRICS_FILE: _json_bytes(summary),
         }
     )
     with store_errors(uri):
