@@ -227,3 +227,20 @@ def test_balanced_class_weights_raise_the_recall_of_a_rare_class(tmp_path: Path,
         per_class = json.loads((tmp_path / weights / "job" / "reports" / "per_class.json").read_text())
         recall[weights] = per_class["rare"]["recall"]
     assert recall["balanced"] > recall["null"]
+
+
+def test_a_data_config_written_once_needs_no_overrides(tmp_path: Path) -> None:
+    import shutil
+
+    table = write_table(tmp_path / "reviews.csv", texts(per_class=10), text_column="review", label_column="stars")
+    root = tmp_path / "project"
+    shutil.copytree(REPO_ROOT / "conf", root / "conf")
+    (root / "conf" / "data" / "reviews.yaml").write_text(
+        f"defaults:\n  - table\n  - _self_\ncorpus: reviews\ntrain: {table}\ntext_column: review\nlabel_column: stars\n",
+        encoding="utf-8",
+    )
+    paths = [f"paths.{name}={tmp_path / name}" for name in ("raw", "processed", "cache")]
+    cfg = validate(compose(["data=reviews", *paths], root=root))
+    assert (cfg.data.corpus, cfg.data.source_options["train"]) == ("reviews", str(table))
+    assert cfg.paths.inputs[0] == str(table)  # DVC watches the file
+    assert prepare(cfg)["num_classes"] == 3
