@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from textclf.data.archive import Message, read_messages
-from textclf.data.text import Tokenizer, clean, decode, strip_footer, strip_headers, strip_quotes
+from textclf.encoders.text import Tokenizer, clean, decode, strip_footer, strip_headers, strip_quotes
 from textclf.errors import TextclfError
 
 TRAIN, TEST = "20news-bydate-train", "20news-bydate-test"
@@ -201,13 +201,15 @@ def test_tiny_archive_reads_every_message(tiny_archive) -> None:
     assert all(b"caf\xe9" in m.raw for m in messages)
 
 
-def test_latin1_bytes_decode_without_error() -> None:
-    assert decode(b"caf\xe9") == "caf\u00e9"
-    every_byte = bytes(range(256))
-    text = decode(every_byte)
-    assert len(text) == 256 and text.encode("latin-1") == every_byte
+def test_bytes_decode_as_utf8_and_fall_back_to_latin1_without_error() -> None:
+    assert decode("caf\u00e9 \u6771\u4eac".encode()) == ("caf\u00e9 \u6771\u4eac", False)
     with pytest.raises(UnicodeDecodeError):
-        b"caf\xe9".decode("utf-8")  # the reason Latin-1 is used
+        b"caf\xe9".decode("utf-8")  # why a fallback is needed ...
+    assert decode(b"caf\xe9") == ("caf\u00e9", True)  # ... and counted
+    every_byte = bytes(range(256))
+    for encoding, fell_back in (("utf-8", True), ("latin-1", False)):
+        text, fallback = decode(every_byte, encoding)
+        assert len(text) == 256 and text.encode("latin-1") == every_byte and fallback is fell_back
 
 
 # --- text cleaning (scikit-learn's 20newsgroups remove=) ---------------------------------
@@ -324,13 +326,13 @@ def test_tokenizer_without_lowercase_keeps_case() -> None:
 def test_tokenizer_matches_scikit_learn() -> None:
     text_module = pytest.importorskip("sklearn.feature_extraction.text")
     analyzer = text_module.CountVectorizer(token_pattern=DEFAULT_PATTERN, lowercase=True).build_analyzer()
-    sample = decode(b"Re: CAF\xc9 au lait -- it's 2 good_stuff!! e-mail x@y.org")
+    sample, _ = decode(b"Re: CAF\xc9 au lait -- it's 2 good_stuff!! e-mail x@y.org", "latin-1")
     assert Tokenizer(DEFAULT_PATTERN, lowercase=True)(sample) == analyzer(sample)
 
 
 @pytest.mark.parametrize("pattern", ["(unclosed", "[a-", "*oops"])
 def test_invalid_token_pattern_names_the_setting(pattern: str) -> None:
-    with pytest.raises(TextclfError, match=r"data\.token_pattern"):
+    with pytest.raises(TextclfError, match=r"encoder\.token_pattern"):
         Tokenizer(pattern, lowercase=True)
 
 

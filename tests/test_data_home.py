@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from textclf.data.archive import content_sha256
+from textclf.data.sources.base import RECORD_FILE
 from textclf.errors import TextclfError
 from textclf.hashing import file_sha256
 from textclf.stages.download import download
@@ -63,9 +64,21 @@ def unpack(source: Path, target: Path) -> Path:
     return target
 
 
-def processed_files(cfg, archive: Path, out: Path) -> dict[str, bytes]:
-    preprocess(cfg, archive.parent, out, parallel=False)
+def processed_files(cfg, raw: Path, out: Path) -> dict[str, bytes]:
+    preprocess(cfg, raw, out, parallel=False)
     return {path.name: path.read_bytes() for path in sorted(out.iterdir())}
+
+
+def processed_from_the_original(
+    cfg, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, bytes]:
+    """What the same config preprocesses to when the data home holds the original archive."""
+    original_home = tmp_path / "original-home"
+    original_home.mkdir()
+    shutil.copyfile(archive, original_home / archive.name)
+    monkeypatch.setenv("TEXTCLF_DATA_HOME", str(original_home))
+    download(cfg, tmp_path / "original-raw", progress=False)
+    return processed_files(cfg, tmp_path / "original-raw", tmp_path / "from-original")
 
 
 def test_the_pinned_archive_in_the_data_home_is_taken_without_the_network(
@@ -74,40 +87,42 @@ def test_the_pinned_archive_in_the_data_home_is_taken_without_the_network(
     archive, sha256 = tiny_archive
     shutil.copyfile(archive, home / archive.name)
     cfg = offline_config(tiny_config, tiny_archive)
-    path = download(cfg, cfg.paths.raw, progress=False)
-    assert path == cfg.paths.raw / cfg.data.archive_name
+    record = download(cfg, cfg.paths.raw, progress=False)
+    path = cfg.paths.raw / cfg.data.archive_name
     assert file_sha256(path) == sha256 and backoff_waits == []
-    assert sorted(p.name for p in cfg.paths.raw.iterdir()) == [cfg.data.archive_name]
+    assert sorted(p.name for p in cfg.paths.raw.iterdir()) == sorted([cfg.data.archive_name, RECORD_FILE])
+    assert record.content_sha256 == content_sha256(archive)
 
 
 def test_a_repack_of_the_corpus_is_taken_by_its_content_hash_and_preprocesses_to_the_same_bytes(
-    tiny_config, tiny_archive, home: Path, tmp_path: Path
+    tiny_config, tiny_archive, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     archive, sha256 = tiny_archive
     repacked = repack(archive, home / archive.name)
     assert file_sha256(repacked) != sha256 and content_sha256(repacked) == content_sha256(archive)
     cfg = offline_config(tiny_config, tiny_archive)
-    path = download(cfg, cfg.paths.raw, progress=False)
-    assert path.read_bytes() == repacked.read_bytes()
+    record = download(cfg, cfg.paths.raw, progress=False)
+    assert (cfg.paths.raw / cfg.data.archive_name).read_bytes() == repacked.read_bytes()
+    assert record.content_sha256 == content_sha256(archive)
+    from_repack = processed_files(cfg, cfg.paths.raw, tmp_path / "from-repack")
     # Every file, manifest.json included: DVC sees the same data/processed, so train never reruns.
-    assert processed_files(cfg, path, tmp_path / "from-repack") == processed_files(
-        cfg, archive, tmp_path / "from-original"
-    )
+    assert from_repack == processed_from_the_original(cfg, archive, tmp_path, monkeypatch)
 
 
 def test_an_unpacked_copy_is_packed_deterministically_and_preprocesses_to_the_same_bytes(
-    tiny_config, tiny_archive, home: Path, tmp_path: Path
+    tiny_config, tiny_archive, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     archive, _ = tiny_archive
     unpack(archive, home / "20news-bydate")
     cfg = offline_config(tiny_config, tiny_archive)
-    first = download(cfg, tmp_path / "first", progress=False)
-    second = download(cfg, tmp_path / "second", progress=False)
+    name = cfg.data.archive_name
+    download(cfg, tmp_path / "first", progress=False)
+    download(cfg, tmp_path / "second", progress=False)
+    first, second = tmp_path / "first" / name, tmp_path / "second" / name
     assert first.read_bytes() == second.read_bytes()
     assert content_sha256(first) == content_sha256(archive)
-    assert processed_files(cfg, first, tmp_path / "from-directory") == processed_files(
-        cfg, archive, tmp_path / "from-original"
-    )
+    from_directory = processed_files(cfg, tmp_path / "first", tmp_path / "from-directory")
+    assert from_directory == processed_from_the_original(cfg, archive, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("unpacked", [False, True], ids=["archive", "unpacked"])
@@ -127,7 +142,7 @@ def test_a_different_corpus_in_the_data_home_is_refused_naming_both_hashes(
     assert "\n" not in message and "not the pinned corpus" in message
     assert cfg.data.sha256 in message and cfg.data.content_sha256 in message
     assert content_sha256(other) in message and (unpacked or other_sha256 in message)
-    assert not cfg.paths.raw.exists() or list(cfg.paths.raw.iterdir()) == []
+    assert not cfg.paths.raw.exists()
 
 
 def test_a_link_in_an_unpacked_copy_is_refused(tiny_config, tiny_archive, home: Path) -> None:
@@ -137,7 +152,7 @@ def test_a_link_in_an_unpacked_copy_is_refused(tiny_config, tiny_archive, home: 
     cfg = offline_config(tiny_config, tiny_archive)
     with pytest.raises(TextclfError, match="links are not allowed"):
         download(cfg, cfg.paths.raw, progress=False)
-    assert not cfg.paths.raw.exists() or list(cfg.paths.raw.iterdir()) == []
+    assert not cfg.paths.raw.exists()
 
 
 @pytest.mark.parametrize("home_set", [False, True], ids=["no-data-home", "empty-data-home"])

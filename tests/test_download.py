@@ -1,4 +1,5 @@
-"""Fetching the archive: plain path, file:// and http:// (a local server), failover, checksums.
+"""Fetching the archive: plain path, file:// and http:// (a local server), failover, checksums,
+and the download stage's raw directory (the archive and source.json, or nothing at all).
 
 Nothing here leaves 127.0.0.1; the http server serves the tiny archive's directory.
 """
@@ -6,6 +7,7 @@ Nothing here leaves 127.0.0.1; the http server serves the tiny archive's directo
 from __future__ import annotations
 
 import functools
+import json
 import socket
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -13,12 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from textclf.data.download import download
+from textclf.config import Config
+from textclf.data.archive import content_sha256
+from textclf.data.download import BACKOFF_SECONDS, RETRIES, download
+from textclf.data.sources.base import RECORD_FILE, SourceRecord
 from textclf.errors import TextclfError
 from textclf.hashing import file_sha256
 from textclf.stages.download import download as download_stage
 
 WRONG_SHA = "0" * 64
+# The stage retries a transient fault RETRIES times, waiting BACKOFF_SECONDS * 2**k before retry k.
+STAGE_WAITS = [BACKOFF_SECONDS * 2**k for k in range(RETRIES)]
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -56,36 +63,62 @@ def assert_only(directory: Path, names: set[str]) -> None:
     assert present == names, f"unexpected contents of {directory}: {sorted(present)}"
 
 
+def fetched(cfg: Config, raw: Path) -> Path:
+    """Runs the download stage into ``raw``; checks what it wrote there; returns the archive."""
+    record = download_stage(cfg, raw, progress=False)
+    archive = raw / cfg.data.archive_name
+    assert_only(raw, {cfg.data.archive_name, RECORD_FILE})
+    assert SourceRecord.from_json(json.loads((raw / RECORD_FILE).read_text())) == record
+    assert record.content_sha256 == content_sha256(archive)
+    assert record.inputs == {cfg.data.url: cfg.data.sha256.lower()}
+    assert [p.name for p in raw.parent.iterdir() if ".partial-" in p.name] == []
+    return archive
+
+
+def assert_nothing_written(raw: Path) -> None:
+    """A failed stage leaves no raw directory and no staging directory beside it."""
+    assert not raw.exists()
+    if raw.parent.exists():
+        assert [p.name for p in raw.parent.iterdir() if ".partial-" in p.name] == []
+
+
 # --- sources that work -------------------------------------------------------------------
 
 
 def test_plain_local_path(tiny_config, tiny_archive, tmp_path: Path) -> None:
     archive, sha = tiny_archive
     cfg = tiny_config()
-    raw = tmp_path / "raw"
-    path = download_stage(cfg.data, raw, progress=False)
-    assert path == raw / cfg.data.archive_name
+    path = fetched(cfg, tmp_path / "raw")
     assert path.read_bytes() == archive.read_bytes()
     assert file_sha256(path) == sha
-    assert_only(raw, {cfg.data.archive_name})
 
 
 def test_file_url(tiny_config, tiny_archive, tmp_path: Path) -> None:
     archive, sha = tiny_archive
-    data = tiny_config().data.model_copy(update={"url": archive.as_uri()})
-    assert data.url.startswith("file://")
-    path = download_stage(data, tmp_path / "raw", progress=False)
+    cfg = tiny_config(f"data.url={archive.as_uri()}")
+    assert cfg.data.url.startswith("file://")
+    path = fetched(cfg, tmp_path / "raw")
     assert path.read_bytes() == archive.read_bytes()
-    assert_only(tmp_path / "raw", {data.archive_name})
 
 
 def test_http_url(tiny_config, tiny_archive, http_server: str, tmp_path: Path) -> None:
     archive, sha = tiny_archive
-    data = tiny_config().data.model_copy(update={"url": f"{http_server}/{archive.name}"})
-    path = download_stage(data, tmp_path / "raw", progress=False)
+    path = fetched(tiny_config(f"data.url={http_server}/{archive.name}"), tmp_path / "raw")
     assert file_sha256(path) == sha
     assert path.read_bytes() == archive.read_bytes()
-    assert_only(tmp_path / "raw", {data.archive_name})
+
+
+def test_a_verified_download_is_kept_and_a_rerun_fetches_nothing(tiny_config, tiny_archive, tmp_path: Path) -> None:
+    archive, sha = tiny_archive
+    copy = tmp_path / "served" / archive.name
+    copy.parent.mkdir()
+    copy.write_bytes(archive.read_bytes())
+    cfg = tiny_config(f"data.url={copy}")
+    fetched(cfg, tmp_path / "first")
+    assert file_sha256(cfg.paths.cache / "downloads" / sha / cfg.data.archive_name) == sha
+    copy.unlink()  # the URL serves nothing now: the kept copy is taken
+    path = fetched(cfg, tmp_path / "second")
+    assert path.read_bytes() == archive.read_bytes()
 
 
 def test_uppercase_checksum_is_accepted(tiny_archive, tmp_path: Path) -> None:
@@ -109,11 +142,10 @@ def test_closed_port_falls_back_to_the_mirror(
     tiny_config, tiny_archive, closed_port: int, backoff_waits: list[float], tmp_path: Path
 ) -> None:
     archive, sha = tiny_archive
-    data = tiny_config().data.model_copy(update={"url": f"http://127.0.0.1:{closed_port}/x", "mirrors": [str(archive)]})
-    path = download_stage(data, tmp_path / "raw", progress=False, retries=2, backoff=0.5)
+    cfg = tiny_config(f"data.url=http://127.0.0.1:{closed_port}/x", f"data.mirrors=[{archive}]")
+    path = fetched(cfg, tmp_path / "raw")
     assert file_sha256(path) == sha
-    assert backoff_waits == [0.5, 1.0]  # a refused connection is transient: retried with backoff
-    assert_only(tmp_path / "raw", {data.archive_name})
+    assert backoff_waits == STAGE_WAITS  # a refused connection is transient: retried with backoff
 
 
 @pytest.mark.parametrize("scheme", ["path", "file"])
@@ -123,11 +155,10 @@ def test_missing_file_falls_back_to_the_http_mirror_without_retrying(
     archive, sha = tiny_archive
     missing = tmp_path / "nowhere" / "missing.tar.gz"
     first = str(missing) if scheme == "path" else missing.as_uri()
-    data = tiny_config().data.model_copy(update={"url": first, "mirrors": [f"{http_server}/{archive.name}"]})
-    path = download_stage(data, tmp_path / "raw", progress=False)
+    cfg = tiny_config(f"data.url={first}", f"data.mirrors=[{http_server}/{archive.name}]")
+    path = fetched(cfg, tmp_path / "raw")
     assert file_sha256(path) == sha
     assert backoff_waits == []  # a missing file will not appear on retry
-    assert_only(tmp_path / "raw", {data.archive_name})
 
 
 def test_http_404_falls_back_to_the_mirror(
@@ -149,15 +180,16 @@ def test_checksum_mismatch_names_both_hashes_and_leaves_nothing(
 ) -> None:
     archive, sha = tiny_archive
     url = {"path": str(archive), "file": archive.as_uri(), "http": f"{http_server}/{archive.name}"}[source]
-    data = tiny_config().data.model_copy(update={"url": url, "sha256": WRONG_SHA})
+    cfg = tiny_config(f"data.url={url}", f"data.sha256={WRONG_SHA}")
     raw = tmp_path / "raw"
     with pytest.raises(TextclfError) as caught:
-        download_stage(data, raw, progress=False)
+        download_stage(cfg, raw, progress=False)
     message = str(caught.value)
     assert WRONG_SHA in message
     assert sha in message
     assert backoff_waits == []  # other bytes will not change on retry
-    assert_only(raw, set())  # no archive, no *.partial-* temp file
+    assert_nothing_written(raw)  # no archive, no *.partial-* temp file
+    assert_only(cfg.paths.cache / "downloads", set())  # and nothing kept for a rerun
 
 
 def test_checksum_mismatch_on_every_url_is_reported_per_url(
@@ -180,14 +212,14 @@ def test_unreachable_url_without_mirror_names_the_url(
     tiny_config, closed_port: int, backoff_waits: list[float], tmp_path: Path
 ) -> None:
     url = f"http://127.0.0.1:{closed_port}/20news.tar.gz"
-    data = tiny_config().data.model_copy(update={"url": url, "mirrors": []})
+    cfg = tiny_config(f"data.url={url}", "data.mirrors=[]")
     raw = tmp_path / "raw"
     with pytest.raises(TextclfError) as caught:
-        download_stage(data, raw, progress=False, retries=1, backoff=0.1)
+        download_stage(cfg, raw, progress=False)
     assert url in str(caught.value)
-    assert "after 2 attempts" in str(caught.value)
-    assert backoff_waits == [0.1]
-    assert_only(raw, set())
+    assert f"after {RETRIES + 1} attempts" in str(caught.value)
+    assert backoff_waits == STAGE_WAITS
+    assert_nothing_written(raw)
 
 
 def test_missing_local_path_without_mirror_names_the_path(tmp_path: Path, backoff_waits: list[float]) -> None:
@@ -199,11 +231,11 @@ def test_missing_local_path_without_mirror_names_the_path(tmp_path: Path, backof
 @pytest.mark.parametrize("url", ["ftp://example.org/20news.tar.gz", "s3://bucket/20news.tar.gz"])
 def test_unsupported_scheme(tiny_config, tmp_path: Path, url: str, backoff_waits: list[float]) -> None:
     scheme = url.split(":", 1)[0]
-    data = tiny_config().data.model_copy(update={"url": url})
+    cfg = tiny_config(f"data.url={url}")
     with pytest.raises(TextclfError, match=rf"unsupported URL scheme '{scheme}'") as caught:
-        download_stage(data, tmp_path / "raw", progress=False)
+        download_stage(cfg, tmp_path / "raw", progress=False)
     assert url in str(caught.value)
-    assert_only(tmp_path / "raw", set())
+    assert_nothing_written(tmp_path / "raw")
 
 
 def test_no_url_at_all(tmp_path: Path) -> None:

@@ -47,17 +47,17 @@ BAD_CORPORA = {
             file_member(f"{TRAIN}/label/1", b"Subject: x\n\nhull mast"),
         ],
         [],
-        f"category directory '{TRAIN}/label/': a class may not be named 'label'",
+        "class 'label': a class may not be named 'label', which is a column of the model's output",
     ),
     "class-named-probability": (
         [file_member(f"{TRAIN}/probability/1", b"Subject: x\n\nhull mast")],
         [],
-        "a class may not be named 'probability'",
+        "class 'probability': a class may not be named 'probability'",
     ),
     "class-name-not-utf8": (
         [file_member(f"{TRAIN}/{NOT_UTF8}/1", b"Subject: x\n\nhull mast")],
         [],
-        f"member '{TRAIN}/rec.caf\\xe9/1': its category directory name is not valid UTF-8",
+        "class 'rec.caf\\xe9': its name is not valid UTF-8 (rename the folder or fix the label)",
     ),
     "empty-validation-split": (
         [],

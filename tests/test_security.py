@@ -266,7 +266,7 @@ def test_a_hostile_archive_writes_nothing_anywhere(tmp_path: Path, tiny_config, 
     (outside / "victim").write_bytes(b"untouched")
     good = tmp_path / "good.tar.gz"
     build_archive(good, train_per_group=2, test_per_group=1)
-    archive = tmp_path / "raw" / "hostile.tar.gz"
+    archive = tmp_path / "raw" / cfg.data.archive_name  # where the download stage puts it
     archive.parent.mkdir()
     with tarfile.open(good) as source, tarfile.open(archive, "w:gz") as tar:
         for info, payload in hostile:  # hostile members first, then a valid corpus

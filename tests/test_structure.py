@@ -2,7 +2,8 @@
 textclf module imports itself back through others (function-level imports count: they run too).
 
 Read from the source (ast), not by importing: every import statement anywhere in a module,
-``from textclf import plots`` naming the module ``textclf.plots``."""
+``from textclf import plots`` naming the module ``textclf.plots``, except those under
+``if TYPE_CHECKING:``, which never run (annotations only)."""
 
 from __future__ import annotations
 
@@ -18,18 +19,41 @@ STAGES = "textclf.stages"
 RUNS_THE_STAGES = {"textclf.pipeline"}
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_graph() -> dict[str, set[str]]:
+def is_type_checking(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): a block that never runs."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def running_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` but the bodies of ``if TYPE_CHECKING:`` blocks (their else runs)."""
+    found, pending = [], [tree]
+    while pending:
+        node = pending.pop()
+        found.append(node)
+        if is_type_checking(node):
+            pending.extend([node.test, *node.orelse])
+        else:
+            pending.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     """textclf module -> the textclf modules it imports (anywhere in its source)."""
-    modules = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+    modules = {module_name(path, package): path for path in sorted(package.rglob("*.py"))}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         imported: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        for node in running_nodes(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
             if isinstance(node, ast.Import):
                 imported.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -70,14 +94,27 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_the_graph_reader_sees_every_kind_of_import() -> None:
+def test_the_graph_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
     graph = import_graph()
     assert "textclf.errors" in graph["textclf.config"]  # module level
     assert "textclf.encoders.text" in graph["textclf.predict"]  # inside a function
+    assert "textclf.config" in graph["textclf.data.sources.base"]  # inside a function (build_source)
     assert "textclf.plots" in graph["textclf.stages.evaluate"]  # from textclf import plots
     assert "textclf.stages.train" in graph["textclf.pipeline"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+    # Under `if TYPE_CHECKING:` an import never runs; its else branch does.
+    package = tmp_path / "textclf"
+    package.mkdir()
+    for name in ("__init__", "a", "b", "c"):
+        (package / f"{name}.py").write_text("")
+    (package / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nimport typing\n"
+        "if TYPE_CHECKING:\n    from textclf import b\nelse:\n    import textclf.c\n"
+        "if typing.TYPE_CHECKING:\n    import textclf.b\n"
+    )
+    assert import_graph(package)["textclf.a"] == {"textclf.c"}
 
 
 def test_no_library_module_imports_a_stage() -> None:

@@ -123,5 +123,5 @@ def check_memory(resolved: Mapping[str, Any], vocab_size: int, num_classes: int,
     raise TextclfError(
         f"the model needs at least {needed / GIB:.1f} GiB for its {count:,} parameters ({what}{per}, "
         f"vocabulary {vocab_size:,}) but {available / GIB:.1f} GiB of memory is available; "
-        f"lower {', '.join(keys) or 'the model size'} (or data.max_vocab)"
+        f"lower {', '.join(keys) or 'the model size'} (or encoder.max_vocab)"
     )

@@ -22,7 +22,7 @@ import yaml
 from torch.nn import functional as F
 
 from textclf.atomic import write_files
-from textclf.config import Config, load_params
+from textclf.config import MODEL_SECTIONS, Config, load_params
 from textclf.data.datamodule import TextDataModule
 from textclf.errors import TextclfError, run_cli
 from textclf.hashing import file_sha256
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def stage() -> None:
-        cfg = load_params(args.params)
+        cfg = load_params(args.params, targets=MODEL_SECTIONS)  # builds no data source: see config.validate
         sweep_abandoned(cfg)  # runs of trainings that died: KILLED (see textclf.resume)
         metrics = evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
         print(f"evaluate: {json.dumps(metrics)}")

@@ -43,7 +43,7 @@ from textclf import metrics
 from textclf.atomic import link_or_copy, staged_dir, write_text
 from textclf.batched_logger import BatchedMLFlowLogger
 from textclf.callbacks import BestInMemoryIO, EpochHistory, EpochSeed, ResumePoint
-from textclf.config import Config, flatten, load_params, to_dict
+from textclf.config import MODEL_SECTIONS, Config, flatten, load_params, to_dict
 from textclf.data.datamodule import TextDataModule
 from textclf.data.encoded import VOCAB_FILE, read_manifest
 from textclf.distributed import launch_state_restorer
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def stage() -> None:
-        cfg = load_params(args.params)
+        cfg = load_params(args.params, targets=MODEL_SECTIONS)  # builds no data source: see config.validate
         summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
         if summary is not None:
             print(f"train: {json.dumps(asdict(summary))}")
