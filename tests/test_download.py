@@ -6,11 +6,8 @@ Nothing here leaves 127.0.0.1; the http server serves the tiny archive's directo
 
 from __future__ import annotations
 
-import functools
 import json
 import socket
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,31 +20,19 @@ from textclf.errors import TextclfError
 from textclf.hashing import file_sha256
 from textclf.stages.download import download as download_stage
 
+from conftest import serve_directory
+
 WRONG_SHA = "0" * 64
 # The stage retries a transient fault RETRIES times, waiting BACKOFF_SECONDS * 2**k before retry k.
 STAGE_WAITS = [BACKOFF_SECONDS * 2**k for k in range(RETRIES)]
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
 
 
 @pytest.fixture
 def http_server(tiny_archive: tuple[Path, str]):
     """Serves the tiny archive's directory on 127.0.0.1:<free port>; yields the base URL."""
     archive, _ = tiny_archive
-    handler = functools.partial(QuietHandler, directory=str(archive.parent))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_directory(archive.parent) as url:
+        yield url
 
 
 @pytest.fixture

@@ -3,15 +3,12 @@ or a URL (a server on 127.0.0.1 and file://). Every corpus is built here, in tmp
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import inspect
 import io
 import random
 import tarfile
-import threading
 import zipfile
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -480,28 +477,6 @@ def test_local_inputs_are_the_path_and_never_a_url(tmp_path: Path) -> None:
 
 
 # --- URLs ---------------------------------------------------------------------------------
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
-@pytest.fixture
-def served(tmp_path: Path):
-    """tmp_path/www served on 127.0.0.1:<free port>; yields (directory, base URL)."""
-    directory = tmp_path / "www"
-    directory.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(directory)))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield directory, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_a_url_is_downloaded_into_raw_and_read_from_there(tmp_path: Path, served: tuple[Path, str]) -> None:

@@ -8,9 +8,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import threading
-from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
@@ -276,27 +273,6 @@ def test_fetch_checks_the_columns_before_preprocess(tmp_path: Path) -> None:
     path = write(tmp_path / "t.parquet")
     with pytest.raises(TextclfError, match="no column 'review'"):
         table(path, text_column="review").fetch(tmp_path / "raw", progress=False)
-
-
-class QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """(a directory, the base URL serving it on 127.0.0.1)."""
-    directory = tmp_path / "www"
-    directory.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(directory)))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield directory, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_url_is_downloaded_into_raw_and_read_from_there(tmp_path: Path, served: tuple[Path, str]) -> None:

@@ -341,13 +341,13 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True)
     counts = np.bincount(flat[np.repeat(in_train, offsets[1:] - offsets[:-1])], minlength=len(corpus.numbering.index))
     to_vocabulary = encoder.fit_numbered(corpus.numbering, counts)
     np.take(to_vocabulary, flat, out=flat)  # (T,) int32 vocabulary ids, in place
-    encoded = {
-        name: encoded_split(corpus, flat, offsets, chosen, label_ids)
-        for name, chosen in (("train", splits.train), ("val", splits.val), ("test", splits.test))
-    }
+    counts, tokens = {}, {}
     with staged_dir(out_dir) as staging:
-        for name, split in encoded.items():
+        for name, chosen in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+            split = encoded_split(corpus, flat, offsets, chosen, label_ids)  # one split in memory at a time
             split.save(staging / f"{name}.pt")
+            counts[name], tokens[name] = len(split), int(split.tokens.numel())
+            del split
         encoder.save(staging)  # encoder.json and vocab.txt: what the served model encodes with
         (staging / LABELS_FILE).write_text(json.dumps(classes, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         files = {path.name: file_sha256(path) for path in sorted(staging.iterdir()) if path.is_file()}
@@ -362,7 +362,7 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True)
             ).hexdigest(),
             "num_classes": len(classes),
             "vocab_size": encoder.vocab_size,
-            "counts": {name: len(split) for name, split in encoded.items()},
+            "counts": counts,
             "splits": splits.how,
             "duplicates": duplicates,
             "decode_fallbacks": corpus.fallbacks,
@@ -370,7 +370,7 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True)
             "classes_missing_from_test": sorted(
                 set(classes) - {classes[c] for c in set(label_ids[splits.test].tolist())}
             ),
-            "tokens": {name: int(split.tokens.numel()) for name, split in encoded.items()},
+            "tokens": tokens,
             "files": files,
             "params": {"data": cfg.data.model_dump(mode="json", by_alias=True), "encoder": encoder.settings()},
         }
