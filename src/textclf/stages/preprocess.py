@@ -295,8 +295,9 @@ def check_splits(corpus: Corpus, splits: Splits, label_ids: np.ndarray, classes:
 # --- writing -------------------------------------------------------------------------------
 
 
-def encoded_split(corpus: Corpus, flat: np.ndarray, offsets: np.ndarray, chosen: np.ndarray, labels: np.ndarray):
-    """The documents ``chosen`` (ascending) of the corpus, as an EncodedSplit of vocabulary ids."""
+def encoded_split(flat: np.ndarray, offsets: np.ndarray, chosen: np.ndarray, labels: np.ndarray) -> EncodedSplit:
+    """The documents ``chosen`` (ascending) as an EncodedSplit: ``flat`` (T,) int32 vocabulary ids
+    of every document, ``offsets`` (N+1,) where each starts, ``labels`` (N,) class indices."""
     lengths = offsets[1:] - offsets[:-1]
     keep = np.zeros(len(lengths), dtype=bool)
     keep[chosen] = True
@@ -344,7 +345,7 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True)
     counts, tokens = {}, {}
     with staged_dir(out_dir) as staging:
         for name, chosen in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
-            split = encoded_split(corpus, flat, offsets, chosen, label_ids)  # one split in memory at a time
+            split = encoded_split(flat, offsets, chosen, label_ids)  # one split in memory at a time
             split.save(staging / f"{name}.pt")
             counts[name], tokens[name] = len(split), int(split.tokens.numel())
             del split
