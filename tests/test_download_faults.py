@@ -18,8 +18,12 @@ The server (127.0.0.1, a free port, one thread per request) misbehaves per path:
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
+import io
+import random
 import socket
+import tarfile
 import threading
 import time
 from collections import Counter
@@ -29,11 +33,31 @@ from pathlib import Path
 import pytest
 
 import textclf.data.download as download_module
-from textclf.data.download import download
+from textclf.data.download import BACKOFF_SECONDS, RETRIES, download
 from textclf.errors import TextclfError
 from textclf.stages.download import download as download_stage
 
-PAYLOAD = bytes(range(256)) * 64  # 16 KiB
+
+def archive_payload() -> bytes:
+    """A small corpus archive in the 20news layout (about 16 KiB), so the download stage, which
+    hashes what it fetched, can read it; its documents are random bytes, which gzip leaves as large."""
+    rng = random.Random(0)
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as packed, tarfile.open(fileobj=packed, mode="w") as tar:
+        for name in (
+            f"{split}/{group}/{i}"
+            for split in ("20news-bydate-train", "20news-bydate-test")
+            for group in "ab"
+            for i in range(4)
+        ):
+            document = rng.randbytes(1024)
+            info = tarfile.TarInfo(name)
+            info.size = len(document)
+            tar.addfile(info, io.BytesIO(document))
+    return buffer.getvalue()
+
+
+PAYLOAD = archive_payload()
 SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 STALL_LIMIT_SECONDS = 10.0  # a stalled handler gives up after this, whatever happens
 TIMEOUT = 0.3  # the client's per-request timeout in these tests
@@ -354,8 +378,11 @@ def test_a_local_file_past_the_download_limit_is_refused(backoff_waits, tmp_path
 
 
 def test_the_stage_retries_then_uses_the_mirrors(server, backoff_waits, tiny_config, tmp_path: Path) -> None:
-    cfg = tiny_config()
-    data = cfg.data.model_copy(update={"url": server.url("/flaky/1"), "mirrors": [server.url("/ok")], "sha256": SHA256})
-    path = download_stage(data, cfg.paths.raw, progress=False, retries=1, backoff=0.01, timeout=TIMEOUT)
-    assert path == cfg.paths.raw / cfg.data.archive_name and path.read_bytes() == PAYLOAD
-    assert server.hits["/flaky/1"] == 2 and server.hits["/ok"] == 0 and backoff_waits == [0.01]
+    cfg = tiny_config(
+        f"data.url={server.url('/flaky/4')}", f"data.mirrors=[{server.url('/ok')}]", f"data.sha256={SHA256}"
+    )
+    download_stage(cfg, cfg.paths.raw, progress=False)
+    assert (cfg.paths.raw / cfg.data.archive_name).read_bytes() == PAYLOAD
+    # 1 + RETRIES attempts at data.url, backing off each time, then the mirror.
+    assert server.hits["/flaky/4"] == 1 + RETRIES and server.hits["/ok"] == 1
+    assert backoff_waits == [BACKOFF_SECONDS * 2**k for k in range(RETRIES)]

@@ -426,8 +426,8 @@ def test_a_test_split_holding_the_training_documents_is_refused(tiny_config, tmp
     with pytest.raises(TextclfError) as caught:
         preprocess(tiny_config(), raw, tmp_path / "out")
     assert str(caught.value) == (
-        "the test split is the training split (8 identical documents): point the test split at held-out "
-        "documents, or leave it out to have one held out (data.test_fraction)"
+        "the test split is the training split: all 8 test documents also occur in training (point the test "
+        "split at held-out documents, or leave it out to have one held out: data.test_fraction)"
     )
     assert not (tmp_path / "out").exists()
 

@@ -69,6 +69,7 @@ HYPERPARAMETERS = {  # what TextClassifier saves: a tiny fasttext, Adam, cosine
     "vocab_size": 10,
     "num_classes": 3,
     "label_smoothing": 0.0,
+    "class_weights": None,
 }
 
 
