@@ -127,7 +127,9 @@ def test_a_hydra_run_and_a_dvc_experiment_write_no_planted_secret_anywhere(tiny_
     try:
         for args in (
             [sys.executable, "-m", "textclf", *overrides, "trainer.max_epochs=1"],
-            ["dvc", "exp", "run", "--name", "secretless", *[a for o in overrides for a in ("-S", o)]],
+            # Its own cache, so it downloads too (rather than take the copy the first run kept).
+            ["dvc", "exp", "run", "--name", "secretless", *[a for o in overrides for a in ("-S", o)]]
+            + ["-S", f"paths.cache={tmp_path / 'dvc-cache'}"],
         ):
             result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
