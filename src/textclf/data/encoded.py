@@ -65,11 +65,19 @@ class EncodedSplit:
             labels=torch.tensor(list(labels), dtype=torch.int64),
         )
 
-    def document_frequency(self, vocab_size: int) -> torch.Tensor:
-        """(vocab_size,) int64: in how many documents each token id occurs."""
-        document = torch.repeat_interleave(torch.arange(len(self)), self.lengths)
-        pairs = torch.unique(document * vocab_size + self.tokens.long())
-        return torch.bincount(pairs % vocab_size, minlength=vocab_size)
+    def document_frequency(self, vocab_size: int, chunk_documents: int = 1 << 15) -> torch.Tensor:
+        """(vocab_size,) int64: in how many documents each token id occurs. Counted
+        ``chunk_documents`` at a time, so the (document, token) pairs of a large corpus are
+        never all in memory at once (8 bytes each, then sorted)."""
+        frequency = torch.zeros(vocab_size, dtype=torch.int64)
+        lengths = self.lengths
+        for start in range(0, len(self), chunk_documents):
+            stop = min(start + chunk_documents, len(self))
+            tokens = self.tokens[self.offsets[start] : self.offsets[stop]].long()
+            document = torch.repeat_interleave(torch.arange(stop - start), lengths[start:stop])
+            pairs = torch.unique(document * vocab_size + tokens)
+            frequency += torch.bincount(pairs % vocab_size, minlength=vocab_size)
+        return frequency
 
     def save(self, path: Path) -> None:
         """torch.save to ``path``; a full disk raises OSError(ENOSPC) like any other write.

@@ -44,6 +44,7 @@ DATA_FILES = ("train.pt", "val.pt", "test.pt", VOCAB_FILE, LABELS_FILE)
 # (predict.PROBABILITY_COLUMN), beside one probability column per class.
 RESERVED_CLASS_NAMES = ("label", "probability")
 CHUNK_DOCUMENTS = 2048  # documents tokenized per task of the second process
+CHUNK_TOKENS = 1 << 24  # token ids counted or mapped at a time (bounds numpy's int64 temporaries)
 _SPLIT_CODES = {TRAIN: 0, None: 0, VALIDATION: 1, TEST: 2}
 
 
@@ -295,6 +296,21 @@ def check_splits(corpus: Corpus, splits: Splits, label_ids: np.ndarray, classes:
 # --- writing -------------------------------------------------------------------------------
 
 
+def training_counts(corpus: Corpus, flat: np.ndarray, offsets: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """(len(corpus.numbering.index),) int64 occurrences of each token in the training documents
+    only (validation and test words are then out of vocabulary). Counted CHUNK_TOKENS at a time:
+    numpy widens the ids it counts or gathers to int64, which for the whole of ``flat`` would
+    be twice its size again."""
+    in_train = np.zeros(len(corpus), dtype=bool)
+    in_train[train] = True
+    in_train_tokens = np.repeat(in_train, offsets[1:] - offsets[:-1])  # (T,) bool
+    counts = np.zeros(len(corpus.numbering.index), dtype=np.int64)
+    for start in range(0, flat.size, CHUNK_TOKENS):
+        piece = flat[start : start + CHUNK_TOKENS]
+        counts += np.bincount(piece[in_train_tokens[start : start + CHUNK_TOKENS]], minlength=counts.size)
+    return counts
+
+
 def encoded_split(flat: np.ndarray, offsets: np.ndarray, chosen: np.ndarray, labels: np.ndarray) -> EncodedSplit:
     """The documents ``chosen`` (ascending) as an EncodedSplit: ``flat`` (T,) int32 vocabulary ids
     of every document, ``offsets`` (N+1,) where each starts, ``labels`` (N,) class indices."""
@@ -336,12 +352,9 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True)
         position += chunk.size
     offsets = np.zeros(len(corpus) + 1, dtype=np.int64)
     np.cumsum(np.concatenate(corpus.lengths), out=offsets[1:])
-    # From the documents left for training only: validation and test words are out of vocabulary.
-    in_train = np.zeros(len(corpus), dtype=bool)
-    in_train[splits.train] = True
-    counts = np.bincount(flat[np.repeat(in_train, offsets[1:] - offsets[:-1])], minlength=len(corpus.numbering.index))
-    to_vocabulary = encoder.fit_numbered(corpus.numbering, counts)
-    np.take(to_vocabulary, flat, out=flat)  # (T,) int32 vocabulary ids, in place
+    to_vocabulary = encoder.fit_numbered(corpus.numbering, training_counts(corpus, flat, offsets, splits.train))
+    for start in range(0, flat.size, CHUNK_TOKENS):  # (T,) int32 vocabulary ids, in place
+        flat[start : start + CHUNK_TOKENS] = to_vocabulary[flat[start : start + CHUNK_TOKENS]]
     counts, tokens = {}, {}
     with staged_dir(out_dir) as staging:
         for name, chosen in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
