@@ -140,11 +140,11 @@ def _chunks(examples: Iterable[Example], corpus: Corpus) -> Iterator[list[str]]:
 
 
 def read_corpus(examples: Iterable[Example], encoder: RegexEncoder, parallel: bool = True) -> Corpus:
-    """Tokenizes every example as it is read. With ``parallel``, two chunks in three are
-    tokenized by a second process while this one reads and tokenizes the third (the regex
-    passes are most of the stage's time, reading the rest); the output is the same byte for
-    byte either way, since the vocabulary and its ids do not depend on the order in which
-    tokens were first seen."""
+    """Tokenizes every example as it is read. With ``parallel``, a second process tokenizes
+    chunks while this one reads and tokenizes the others (the regex passes are most of the
+    stage's time, reading the rest); the output is the same byte for byte however the chunks
+    are shared, since the vocabulary and its ids do not depend on the order in which tokens
+    were first seen."""
     corpus = Corpus()
     settings = encoder.settings()
     worker = second_process() if parallel else None
@@ -157,12 +157,16 @@ def read_corpus(examples: Iterable[Example], encoder: RegexEncoder, parallel: bo
 
     try:
         for index, texts in enumerate(_chunks(examples, corpus)):
-            if worker is not None and index % 3 != 2:
+            for item in [item for item in pending if item[1].done()]:
+                pending.remove(item)
+                collect(*item)
+            # The second process gets a chunk whenever it has fewer than two to do, this one
+            # tokenizes the others: when reading is slow (a big table), the worker does most of
+            # the tokenizing; when the texts are all at hand (an archive read whole), half.
+            if worker is not None and len(pending) < 2:
                 pending.append((index, worker.submit(_tokenize_chunk, settings, texts)))
             else:
                 done[index] = _flat([corpus.numbering(encoder.tokenize(text)) for text in texts])
-            while len(pending) > 4:  # at most a few chunks in flight: memory stays bounded
-                collect(*pending.pop(0))
         for item in pending:
             collect(*item)
     except BrokenProcessPool as error:  # killed: out of memory, or by a signal
