@@ -22,9 +22,16 @@ from textclf.stages.preprocess import preprocess
 from conftest import REPO_ROOT, subprocess_env
 
 GROUPS = ("data", "encoder", "model", "optimizer", "scheduler", "trainer", "tracking")
-# What a data source needs from the user (its `???` keys); the paths need not exist, since
-# validation only checks the config against the source's constructor.
-REQUIRED = {"data=folder": ["data.path=corpus"], "data=hf": ["data.path=corpus"], "data=table": ["data.train=t.csv"]}
+# What a data source or a pretrained model needs from the user (its `???` keys); the paths need
+# not exist, since validation only checks the config against the constructors.
+REQUIRED = {
+    "data=folder": ["data.path=corpus"],
+    "data=hf": ["data.path=corpus"],
+    "data=table": ["data.train=t.csv"],
+    "model=hf": ["model.name=model"],
+    "encoder=hf": ["model=hf", "model.name=model"],  # the model's own tokenizer: its name and max_len
+    "+experiment=minilm": ["model.name=model"],
+}
 
 
 def group_options() -> list[str]:

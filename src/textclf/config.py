@@ -86,11 +86,12 @@ TARGETS = {
         "textclf.data.sources.table.Table",
         "textclf.data.sources.hf.HuggingFaceDataset",
     ),
-    "encoder": ("textclf.encoders.regex.RegexEncoder",),
+    "encoder": ("textclf.encoders.regex.RegexEncoder", "textclf.encoders.hf.HuggingFaceTokenizer"),
     "model": (
         "textclf.models.fasttext.FastText",
         "textclf.models.lstm.LSTMClassifier",
         "textclf.models.transformer.TransformerClassifier",
+        "textclf.models.hf.HuggingFaceClassifier",
     ),
     "optimizer": ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.SGD"),
     "scheduler": (
@@ -330,11 +331,29 @@ def validate(
                 "model.sparse: true cannot be combined with trainer.gradient_clip_val "
                 "(clipping needs dense gradients; set model.sparse=false or trainer.gradient_clip_val=null)"
             )
+    problems.extend(_check_pretrained(model, values.get("encoder")))
     problems.extend(_check_devices(trainer))
     if problems:
         raise TextclfError(f"invalid {source}: " + "; ".join(problems))
     assert parsed is not None
     return parsed.model_copy(update={"raw": container})
+
+
+def _check_pretrained(model: Any, encoder: Any) -> list[str]:
+    """A pretrained model reads the ids of its own tokenizer: encoder=hf, with the model's name
+    and max_len (conf/encoder/hf.yaml takes them from the model section)."""
+    if not isinstance(model, dict) or model.get("_target_") != "textclf.models.hf.HuggingFaceClassifier":
+        return []
+    if not isinstance(encoder, dict) or encoder.get("_target_") != "textclf.encoders.hf.HuggingFaceTokenizer":
+        target = encoder.get("_target_") if isinstance(encoder, dict) else None
+        return [f"encoder._target_: model=hf reads the ids of the model's own tokenizer (encoder=hf), not {target!r}"]
+    if model.get("name") == "???":  # conf/model/hf.yaml's placeholder, left unresolved by compose
+        return ["model.name: missing (a local directory or a Hub id: -S model.name=...)"]
+    return [
+        f"encoder.{key}: {encoder.get(key)!r} is not model.{key} ({model.get(key)!r}); the tokenizer must be the model's"
+        for key in ("name", "max_len")
+        if encoder.get(key) != model.get(key)
+    ]
 
 
 def _check_devices(trainer: Any) -> list[str]:

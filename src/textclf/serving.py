@@ -7,7 +7,8 @@ Each training logs one under the artifact name ``model``; it loads anywhere MLfl
   artifacts/checkpoint.ckpt  the best checkpoint (weights + hyperparameters; loaded weights-only)
   artifacts/encoder/         the text encoder preprocess fitted and saved (textclf.encoders):
                              encoder.json (its _target_ and settings) and its files (the regex
-                             encoder's vocab.txt: line i is token id i, 0 <pad>, 1 <unk>)
+                             encoder's vocab.txt: line i is token id i, 0 <pad>, 1 <unk>; a
+                             pretrained model's tokenizer/, as save_pretrained writes it)
   artifacts/labels.json      class names; index i is class i
   artifacts/config.yaml      the resolved config that trained it (secrets masked, as in the run's params)
   code/textclf/              this package, so the model runs the code it was trained with
@@ -147,17 +148,19 @@ def shareable_config(config: dict[str, Any]) -> dict[str, Any]:
     return redact_config(config)
 
 
-def pip_requirements() -> list[str]:
-    """``name==version`` of every runtime dependency, as installed here (local tags such as
-    torch's ``+cpu`` dropped, so any build of that release satisfies it)."""
-    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in REQUIREMENTS]
+def pip_requirements(extra: tuple[str, ...] = ()) -> list[str]:
+    """``name==version`` of every runtime dependency and of ``extra`` (the encoder's: a
+    pretrained tokenizer needs transformers), as installed here (local tags such as torch's
+    ``+cpu`` dropped, so any build of that release satisfies it)."""
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in (*REQUIREMENTS, *extra)]
 
 
 def pack(staging: Path, checkpoint: Path, processed: Path, config: dict[str, Any]) -> dict[str, str]:
     """Writes the model's files into ``staging``; returns {artifact name: path} for MLflow.
 
     The encoder is loaded from ``processed`` and saved again (so only an encoder that loads is
-    shipped, with exactly the files it reads back); ``config`` is saved with secrets masked."""
+    shipped, with exactly the files it reads back: a pretrained tokenizer's files, never the
+    model's directory, whose weights are the checkpoint's); ``config`` is saved with secrets masked."""
     files = {
         "checkpoint": CHECKPOINT_FILE,
         "encoder": ENCODER_DIR,
@@ -184,6 +187,7 @@ def log_model(uri: str, run_id: str, checkpoint: Path, processed: Path, config: 
     package = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix="textclf-model-") as tmp:
         artifacts = pack(Path(tmp), checkpoint, processed, config)
+        requirements = pip_requirements(load_encoder(Path(artifacts["encoder"])).requirements)
         code = Path(tmp) / "code" / package.name  # the package, without bytecode caches
         shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         try:
@@ -212,7 +216,7 @@ def log_model(uri: str, run_id: str, checkpoint: Path, processed: Path, config: 
                     code_paths=[str(code)],
                     signature=signature(labels),
                     input_example=pd.DataFrame({TEXT_COLUMN: EXAMPLE_TEXTS}),
-                    pip_requirements=pip_requirements(),
+                    pip_requirements=requirements,
                 )
         except MlflowException as error:
             raise TextclfError(

@@ -15,7 +15,7 @@ from torch.utils.data import (
     Sampler,
 )
 
-from textclf.data.encoded import EncodedSplit, read_labels, read_vocabulary
+from textclf.data.encoded import EncodedSplit, read_labels, read_manifest
 
 
 class Batch(dict):
@@ -125,13 +125,10 @@ class TextDataModule(pl.LightningDataModule):
         self.max_len = max_len
         self.seed = seed  # shuffling seed shared by all DDP ranks
         self.length_buckets = length_buckets  # batches per length-sorted bucket (training only)
-        self.vocabulary = read_vocabulary(self.processed)
+        # Rows of the embedding table the ids need: the encoder's vocabulary, as preprocess recorded it.
+        self.vocab_size: int = read_manifest(self.processed)["vocab_size"]
         self.labels = read_labels(self.processed)
         self.splits: dict[str, EncodedSplit] = {}
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.vocabulary)
 
     @property
     def num_classes(self) -> int:

@@ -1,7 +1,9 @@
 """What a text encoder is, and loading a saved one (preprocess saves it; serving loads it).
 
-An encoder turns texts into the batch mapping a backbone takes. The regex encoder learns a
-vocabulary from the training split (``fit``); a pretrained tokenizer would learn nothing.
+An encoder turns texts into token ids, and those into the batch mapping a backbone takes. The
+regex encoder learns a vocabulary from the training split (``fit``; ``learns_vocabulary``); a
+pretrained tokenizer (textclf.encoders.hf) learns nothing: its ids are final, so preprocess
+takes them from ``token_ids`` as it reads and writes them as they are.
 ``save`` writes ``encoder.json`` (its ``_target_`` and settings) and its own files into a
 directory; ``load_encoder`` rebuilds it from there, building only a class named in
 config.TARGETS["encoder"] (a shipped model's files are data, never code to run).
@@ -13,10 +15,11 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from textclf.data.encoded import EncodedSplit
 from textclf.errors import TextclfError
 
 if TYPE_CHECKING:
@@ -26,13 +29,36 @@ ENCODER_FILE = "encoder.json"
 
 
 class TextEncoder(ABC):
+    # Distribution names the encoder needs at prediction time, beyond the served model's own
+    # (serving.REQUIREMENTS): pinned in the shipped model's requirements.
+    requirements: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def learns_vocabulary(self) -> bool:
+        """True when ``fit`` numbers the tokens from the training texts (preprocess then numbers
+        them as it reads: the regex encoder's ``tokenize`` and ``fit_numbered``); False when the
+        ids of ``token_ids`` are final (a pretrained tokenizer's: ``fit`` does nothing)."""
+        return True
+
+    def prepare(self) -> None:  # noqa: B027 - optional: an encoder that learns reads nothing
+        """Reads what the encoder starts from (a pretrained tokenizer's files), failing in one
+        line if it cannot; ``build_encoder`` calls it, before any document is read."""
+
     @abstractmethod
     def fit(self, texts: Iterable[str]) -> None:
         """Learns what encoding needs from the training texts (a vocabulary)."""
 
     @abstractmethod
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids, as the model takes them (fitted first, if it learns)."""
+
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Texts -> the batch mapping (see the encoder for its keys and shapes)."""
+        """Texts -> the flat batch mapping every encoder makes, so no document is padded:
+        tokens  (T,) int64  every document's ids, concatenated
+        offsets (B,) int64  where each document starts in tokens
+        lengths (B,) int64  tokens per document"""
+        split = EncodedSplit.from_token_ids(self.token_ids(texts), [0] * len(texts))
+        return {"tokens": split.tokens.long(), "offsets": split.offsets[:-1], "lengths": split.lengths}
 
     @property
     @abstractmethod
@@ -60,10 +86,12 @@ class TextEncoder(ABC):
 
 
 def build_encoder(cfg: Config) -> TextEncoder:
-    """The encoder ``cfg.encoder`` names (not fitted)."""
+    """The encoder ``cfg.encoder`` names, prepared (``TextEncoder.prepare``), not fitted."""
     from textclf.config import build
 
-    return build("encoder", cfg.encoder)
+    encoder = build("encoder", cfg.encoder)
+    encoder.prepare()
+    return encoder
 
 
 def load_encoder(directory: Path) -> TextEncoder:

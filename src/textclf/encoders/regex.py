@@ -4,10 +4,7 @@ The vocabulary is learned from the training split: words seen at least ``min_fre
 most frequent first (ties alphabetical), at most ``max_vocab``, after <pad> (0) and <unk> (1).
 Preprocess and the served model both call ``tokenize``, so a text gets the same ids in both.
 
-The batch mapping (``encode``) is flat, so no document is padded:
-  tokens  (T,) int64  every document's ids, concatenated
-  offsets (B,) int64  where each document starts in tokens
-  lengths (B,) int64  tokens per document
+``encode`` makes the flat batch mapping of every encoder (TextEncoder.encode).
 """
 
 from __future__ import annotations
@@ -17,10 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 
 from textclf.config import PositiveInt
-from textclf.data.encoded import UNK_ID, VOCAB_FILE, EncodedSplit, TokenIds
+from textclf.data.encoded import UNK_ID, VOCAB_FILE, TokenIds
 from textclf.encoders.base import TextEncoder
 from textclf.encoders.text import Tokenizer, clean
 from textclf.errors import TextclfError
@@ -93,10 +89,9 @@ class RegexEncoder(TextEncoder):
         index = self.index
         return [index.get(token, UNK_ID) for token in self.tokenize(text)]
 
-    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
         self.vocab_size  # noqa: B018 - raises without a vocabulary
-        split = EncodedSplit.from_token_ids([self.ids(text) for text in texts], [0] * len(texts))
-        return {"tokens": split.tokens.long(), "offsets": split.offsets[:-1], "lengths": split.lengths}
+        return [self.ids(text) for text in texts]
 
     def save_files(self, directory: Path) -> None:
         (directory / VOCAB_FILE).write_text("".join(f"{w}\n" for w in self.vocabulary or []), encoding="utf-8")

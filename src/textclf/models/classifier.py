@@ -42,6 +42,11 @@ class TextClassifier(pl.LightningModule):
         # Saved in the checkpoint; the train stage logs the whole flattened config itself.
         self.save_hyperparameters(logger=False)
         self.backbone: nn.Module = build("model", model, vocab_size=vocab_size, num_classes=num_classes)
+        # What a backbone read from elsewhere (a pretrained model's configuration, from its files)
+        # joins its settings in the checkpoint, so the checkpoint alone rebuilds it (models/hf.py).
+        recorded = getattr(self.backbone, "checkpoint_settings", dict)()
+        if recorded:
+            self.hparams["model"] = {**model, **recorded}
         # (C,) loss weight per class (train.class_weights); None weighs every document alike.
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
@@ -49,6 +54,10 @@ class TextClassifier(pl.LightningModule):
         self.train_loss = MeanMetric()  # the epoch's training loss, weighted by documents
 
     def setup(self, stage: str) -> None:
+        # A pretrained backbone reads its weights here, in every process, before a resume point
+        # (restored after setup) or training replaces them; built, it read only its config.
+        if stage == "fit" and hasattr(self.backbone, "load_pretrained"):
+            self.backbone.load_pretrained()
         # Backbones that weight words by corpus statistics (fasttext's tfidf) learn them from
         # the training split here, once; they are buffers, so checkpoints keep them.
         if stage == "fit" and hasattr(self.backbone, "set_document_frequency"):

@@ -10,13 +10,14 @@ import torch
 from textclf.data.encoded import PAD_ID
 
 
-def pad_batch(tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """tokens (T,), lengths (B,) -> ids (B, max(lengths)) padded with PAD_ID.
+def pad_batch(tokens: torch.Tensor, lengths: torch.Tensor, pad_id: int = PAD_ID) -> torch.Tensor:
+    """tokens (T,), lengths (B,) -> ids (B, max(lengths)) padded with ``pad_id`` (a pretrained
+    model's own; PAD_ID, <pad> of the regex encoder's vocabulary, by default).
 
-    Empty documents become one <pad> step, so every row has at least one position.
+    Empty documents become one padding step, so every row has at least one position.
     """
     width = max(int(lengths.max()) if lengths.numel() else 1, 1)
-    padded = tokens.new_full((lengths.numel(), width), PAD_ID)
+    padded = tokens.new_full((lengths.numel(), width), pad_id)
     positions = torch.arange(width, device=tokens.device)
     mask = positions.unsqueeze(0) < lengths.unsqueeze(1)  # (B, L) True at real tokens
     padded[mask] = tokens

@@ -6,7 +6,9 @@
 Documents are tokenized as they are read and kept only as token ids (int32, a few bytes per
 token), so the corpus is never held as Python strings. The vocabulary is learned from the
 training documents that remain after the hold-outs; validation and test words outside it are
-<unk>. The test split's labels are only read by evaluate.
+<unk>. An encoder with a vocabulary of its own (a pretrained tokenizer: ``learns_vocabulary``
+is False) gives final ids as it reads, and they are written as they are. The test split's
+labels are only read by evaluate.
 """
 
 from __future__ import annotations
@@ -29,17 +31,18 @@ import torch
 
 from textclf.atomic import staged_dir, write_json
 from textclf.config import DATA_SECTIONS, Config, load_params
-from textclf.data.encoded import LABELS_FILE, MANIFEST_FILE, VOCAB_FILE, EncodedSplit, TokenIds, stratified_holdout
+from textclf.data.encoded import LABELS_FILE, MANIFEST_FILE, EncodedSplit, TokenIds, stratified_holdout
 from textclf.data.sources.base import RECORD_FILE, TEST, TRAIN, VALIDATION, Example, build_source
-from textclf.encoders.base import build_encoder
+from textclf.encoders.base import ENCODER_FILE, TextEncoder, build_encoder
 from textclf.encoders.regex import RegexEncoder
 from textclf.errors import TextclfError, run_cli
 from textclf.hashing import file_sha256
 from textclf.resume import sweep_abandoned
 
 FORMAT_VERSION = 2  # bump when the processed layout or tokenization changes
-# The processed files that are the data (their hashes make the manifest's data_hash).
-DATA_FILES = ("train.pt", "val.pt", "test.pt", VOCAB_FILE, LABELS_FILE)
+# The manifest's data_hash hashes the processed files that are the data: every file but the
+# manifest and encoder.json (the splits, labels.json, the encoder's own files: the regex
+# encoder's vocab.txt, a pretrained tokenizer's directory).
 # Output columns of the shipped model (serving.LABEL_COLUMN) and of `textclf.predict`
 # (predict.PROBABILITY_COLUMN), beside one probability column per class.
 RESERVED_CLASS_NAMES = ("label", "probability")
@@ -139,12 +142,15 @@ def _chunks(examples: Iterable[Example], corpus: Corpus) -> Iterator[list[str]]:
         yield texts
 
 
-def read_corpus(examples: Iterable[Example], encoder: RegexEncoder, parallel: bool = True) -> Corpus:
+def read_corpus(examples: Iterable[Example], encoder: TextEncoder, parallel: bool = True) -> Corpus:
     """Tokenizes every example as it is read. With ``parallel``, a second process tokenizes
     chunks while this one reads and tokenizes the others (the regex passes are most of the
     stage's time, reading the rest); the output is the same byte for byte however the chunks
     are shared, since the vocabulary and its ids do not depend on the order in which tokens
-    were first seen."""
+    were first seen. An encoder whose ids are final (``learns_vocabulary`` False) tokenizes
+    each chunk here, with threads of its own (a fast tokenizer's)."""
+    if not encoder.learns_vocabulary:
+        return _read_final_ids(examples, encoder)
     corpus = Corpus()
     settings = encoder.settings()
     worker = second_process() if parallel else None
@@ -179,6 +185,16 @@ def read_corpus(examples: Iterable[Example], encoder: RegexEncoder, parallel: bo
     for index in range(len(done)):
         ids, lengths = done.pop(index)
         corpus.chunks.append(ids)
+        corpus.lengths.append(lengths)
+    return corpus
+
+
+def _read_final_ids(examples: Iterable[Example], encoder: TextEncoder) -> Corpus:
+    """Every example's final token ids (``encoder.token_ids``); ``corpus.numbering`` stays empty."""
+    corpus = Corpus()
+    for texts in _chunks(examples, corpus):
+        flat, lengths = _flat(encoder.token_ids(texts))
+        corpus.chunks.append(flat)
         corpus.lengths.append(lengths)
     return corpus
 
@@ -356,9 +372,10 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True)
         position += chunk.size
     offsets = np.zeros(len(corpus) + 1, dtype=np.int64)
     np.cumsum(np.concatenate(corpus.lengths), out=offsets[1:])
-    to_vocabulary = encoder.fit_numbered(corpus.numbering, training_counts(corpus, flat, offsets, splits.train))
-    for start in range(0, flat.size, CHUNK_TOKENS):  # (T,) int32 vocabulary ids, in place
-        flat[start : start + CHUNK_TOKENS] = to_vocabulary[flat[start : start + CHUNK_TOKENS]]
+    if encoder.learns_vocabulary:
+        to_vocabulary = encoder.fit_numbered(corpus.numbering, training_counts(corpus, flat, offsets, splits.train))
+        for start in range(0, flat.size, CHUNK_TOKENS):  # (T,) int32 vocabulary ids, in place
+            flat[start : start + CHUNK_TOKENS] = to_vocabulary[flat[start : start + CHUNK_TOKENS]]
     counts, tokens = {}, {}
     with staged_dir(out_dir) as staging:
         for name, chosen in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
@@ -366,9 +383,13 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True)
             split.save(staging / f"{name}.pt")
             counts[name], tokens[name] = len(split), int(split.tokens.numel())
             del split
-        encoder.save(staging)  # encoder.json and vocab.txt: what the served model encodes with
+        encoder.save(staging)  # encoder.json and its files (vocab.txt, tokenizer/): what the served model encodes with
         (staging / LABELS_FILE).write_text(json.dumps(classes, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        files = {path.name: file_sha256(path) for path in sorted(staging.iterdir()) if path.is_file()}
+        files = {
+            path.relative_to(staging).as_posix(): file_sha256(path)
+            for path in sorted(staging.rglob("*"))
+            if path.is_file()
+        }
         manifest = {
             "format_version": FORMAT_VERSION,
             # What the source holds (see its SourceRecord): a re-pack of the same files writes
@@ -376,7 +397,7 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True)
             "content_sha256": record["content_sha256"] if record else None,
             "source": record,
             "data_hash": hashlib.sha256(
-                json.dumps({name: files[name] for name in DATA_FILES}, sort_keys=True).encode()
+                json.dumps({name: sha for name, sha in files.items() if name != ENCODER_FILE}, sort_keys=True).encode()
             ).hexdigest(),
             "num_classes": len(classes),
             "vocab_size": encoder.vocab_size,

@@ -282,7 +282,8 @@ def deliver_outputs(
         link_or_copy(best, model_file)  # no copy: the resume directory holding `best` is deleted after
         config_file = staging / "config.yaml"
         config_file.write_text(yaml.safe_dump(redact_config(to_dict(cfg)), sort_keys=False), encoding="utf-8")
-        shutil.copyfile(processed / VOCAB_FILE, staging / VOCAB_FILE)
+        if (processed / VOCAB_FILE).is_file():  # the regex encoder's (a pretrained tokenizer has none)
+            shutil.copyfile(processed / VOCAB_FILE, staging / VOCAB_FILE)
         # Which checkpoint this run trained: evaluate scores (and ships) only that one into the run.
         checkpoint_sha256 = file_sha256(model_file)
         store.set_tag(logger.run_id, CHECKPOINT_TAG, checkpoint_sha256)

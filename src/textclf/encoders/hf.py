@@ -1,0 +1,127 @@
+"""A pretrained model's own tokenizer as the text encoder (conf/encoder/hf.yaml, chosen by model=hf).
+
+Its ids are final: the vocabulary is the model's, so ``fit`` learns nothing and preprocess
+writes ``token_ids`` as they are, special tokens included ([CLS] ... [SEP] for BERT) and each
+document already cut to ``max_len`` tokens:
+
+  head       the first tokens
+  head_tail  the first and the last ones, a quarter and three quarters of what fits (Sun et
+             al. 2019, "How to Fine-Tune BERT for Text Classification": the first 128 and the
+             last 382 of 510 did best on long documents); at max_len 512, exactly those
+
+The special tokens are kept wherever the tokenizer puts them; only the text's tokens are cut.
+``save_files`` writes the tokenizer (save_pretrained) into ``tokenizer/``, from which the
+served model loads it: neither the original directory nor the network is needed there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from textclf.config import PositiveInt
+from textclf.encoders.base import TextEncoder
+from textclf.errors import TextclfError, first_line
+from textclf.pretrained import check_max_len, load_config, load_tokenizer
+
+if TYPE_CHECKING:
+    import tokenizers
+    from transformers import PreTrainedTokenizerBase
+
+TOKENIZER_DIR = "tokenizer"  # beside encoder.json: the tokenizer's files (save_pretrained)
+# head_tail: the head's share of the text tokens kept (Sun et al. 2019: 128 of 510).
+HEAD_SHARE = 128 / 510
+
+
+class HuggingFaceTokenizer(TextEncoder):
+    requirements = ("transformers", "tokenizers", "safetensors")
+
+    def __init__(self, name: str, max_len: PositiveInt, truncation: Literal["head", "head_tail"]) -> None:
+        # Cheap, as every encoder's constructor: the files are read by prepare (or load_files).
+        self.name = name
+        self.max_len = max_len
+        self.truncation = truncation
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self._backend: tokenizers.Tokenizer | None = None  # its Rust tokenizer, without truncation
+
+    @property
+    def learns_vocabulary(self) -> bool:
+        return False
+
+    def settings(self) -> dict[str, Any]:
+        return {"name": self.name, "max_len": self.max_len, "truncation": self.truncation}
+
+    def prepare(self) -> None:
+        if self.tokenizer is None:
+            tokenizer = load_tokenizer(self.name)
+            check_max_len(self.name, self.max_len, load_config(self.name))
+            self._use(tokenizer, f"model.name={self.name!r}")
+
+    def _use(self, tokenizer: PreTrainedTokenizerBase, what: str) -> None:
+        from tokenizers import Tokenizer
+
+        # A copy, so the tokenizer saved is the one loaded: tokenizer.json may carry a truncation
+        # of its own (sentence-transformers' say 128 tokens), which the copy drops (max_len rules).
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+        special = len(backend.encode("", add_special_tokens=True).ids)
+        if self.max_len <= special:
+            raise TextclfError(
+                f"model.max_len={self.max_len}: {what}'s tokenizer adds {special} special tokens to every "
+                f"document, so max_len must be at least {special + 1}"
+            )
+        self.tokenizer, self._backend = tokenizer, backend
+
+    def fit(self, texts: Iterable[str]) -> None:
+        """Nothing to learn: the vocabulary is the pretrained model's."""
+        self.prepare()
+
+    @property
+    def vocab_size(self) -> int:
+        self.prepare()
+        return len(self.tokenizer)
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        self.prepare()
+        encodings = self._backend.encode_batch(texts, add_special_tokens=True)  # in Rust, on its own threads
+        return [self._truncated(encoding.ids, encoding.special_tokens_mask) for encoding in encodings]
+
+    def _truncated(self, ids: list[int], special: list[int]) -> list[int]:
+        """``ids`` with text tokens dropped from the middle (head_tail) or the end (head) until
+        ``max_len`` are left; the special tokens are all kept."""
+        if len(ids) <= self.max_len:
+            return ids
+        text = np.flatnonzero(np.asarray(special) == 0)  # positions of the text's tokens
+        budget = self.max_len - (len(ids) - text.size)
+        head = budget if self.truncation == "head" else round(budget * HEAD_SHARE)
+        keep = np.ones(len(ids), dtype=bool)
+        keep[text[head : text.size - (budget - head)]] = False
+        return np.asarray(ids)[keep].tolist()
+
+    def save_files(self, directory: Path) -> None:
+        self.prepare()
+        self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
+
+    @classmethod
+    def load_files(cls, directory: Path, settings: dict[str, Any]) -> HuggingFaceTokenizer:
+        from transformers import AutoTokenizer
+
+        path = directory / TOKENIZER_DIR
+        if not path.is_dir():
+            raise TextclfError(f"{path}: not found (run `dvc repro preprocess`)")
+        try:
+            encoder = cls(**settings)
+        except TypeError as error:
+            raise TextclfError(
+                f"{directory}: encoder settings do not fit the Hugging Face tokenizer ({error})"
+            ) from None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        except (OSError, ValueError, KeyError) as error:
+            raise TextclfError(f"{path}: cannot load the tokenizer ({first_line(error)})") from None
+        encoder._use(tokenizer, str(path))
+        return encoder
