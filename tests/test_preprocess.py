@@ -580,14 +580,25 @@ def test_encoded_split_round_trip(tmp_path: Path) -> None:
     assert loaded.document_frequency(6).tolist() == [0, 0, 1, 1, 1, 1]
 
 
+def vocabulary(token_ids: TokenIds, documents: list[list[int]], min_freq: int, max_size: int | None):
+    """The regex encoder's vocabulary of ``documents`` (numbered by ``token_ids``), as preprocess fits it."""
+    from textclf.data.encoded import flatten_documents
+    from textclf.encoders.regex import RegexEncoder
+
+    encoder = RegexEncoder(lowercase=False, token_pattern=r"\w+", min_freq=min_freq, max_vocab=max_size, remove=[])
+    counts = np.bincount(flatten_documents(documents)[0], minlength=len(token_ids.index))
+    to_vocabulary = encoder.fit_numbered(token_ids, counts)
+    return encoder.vocabulary, to_vocabulary
+
+
 def test_vocabulary_is_by_frequency_then_alphabetical_and_maps_the_rest_to_unk() -> None:
     token_ids = TokenIds()
     docs = [token_ids(d) for d in (["b", "a", "b"], ["c", "a", "b"], ["d"])]
     unseen = token_ids(["a", "zz", "b"])  # a later split's words get ids but no vocabulary entry
-    assert token_ids.vocabulary(docs, min_freq=1, max_size=None)[0] == ["<pad>", "<unk>", "b", "a", "c", "d"]
-    assert token_ids.vocabulary(docs, min_freq=1, max_size=1)[0] == ["<pad>", "<unk>", "b"]
-    vocabulary, to_vocabulary = token_ids.vocabulary(docs, min_freq=2, max_size=None)
-    assert vocabulary == ["<pad>", "<unk>", "b", "a"]
+    assert vocabulary(token_ids, docs, min_freq=1, max_size=None)[0] == ["<pad>", "<unk>", "b", "a", "c", "d"]
+    assert vocabulary(token_ids, docs, min_freq=1, max_size=1)[0] == ["<pad>", "<unk>", "b"]
+    words, to_vocabulary = vocabulary(token_ids, docs, min_freq=2, max_size=None)
+    assert words == ["<pad>", "<unk>", "b", "a"]
     split = EncodedSplit.from_token_ids([unseen, docs[2]], [0, 1], to_vocabulary)
     assert split.tokens.tolist() == [3, UNK_ID, 2, UNK_ID] and split.tokens.dtype == torch.int32
     assert PAD_ID == 0 and UNK_ID == 1

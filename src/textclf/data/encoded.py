@@ -47,7 +47,7 @@ class EncodedSplit:
         cls, documents: Sequence[Sequence[int]], labels: Sequence[int], id_map: np.ndarray | None = None
     ) -> EncodedSplit:
         """``documents``: token ids per document; ``id_map``, if given, maps them first
-        (``TokenIds.vocabulary``'s first-seen id -> vocabulary id)."""
+        (``RegexEncoder.fit_numbered``'s first-seen id -> vocabulary id)."""
         return cls.from_flat_ids(*flatten_documents(documents), labels, id_map)
 
     @classmethod
@@ -140,22 +140,6 @@ class TokenIds:
         and this numbering are what numbering those documents here would have made."""
         mapping = np.fromiter(map(self.index.__getitem__, words), dtype=np.int64, count=len(words))
         return mapping[ids]
-
-    def vocabulary(
-        self, documents: Iterable[Sequence[int]], min_freq: int, max_size: int | None
-    ) -> tuple[list[str], np.ndarray]:
-        """The words of ``documents`` seen at least ``min_freq`` times, most frequent first (ties
-        alphabetical), after <pad> and <unk>; and the (len(index),) int32 map from first-seen ids
-        to vocabulary ids (UNK_ID for every word left out)."""
-        words = list(self.index)  # insertion order = first-seen id
-        counts = np.bincount(np.fromiter(chain.from_iterable(documents), dtype=np.int64), minlength=len(words))
-        frequency = counts.tolist()
-        kept = sorted(np.flatnonzero(counts >= min_freq).tolist(), key=lambda i: (-frequency[i], words[i]))
-        if max_size is not None:
-            kept = kept[:max_size]
-        to_vocabulary = np.full(len(words), UNK_ID, dtype=np.int32)
-        to_vocabulary[kept] = np.arange(UNK_ID + 1, UNK_ID + 1 + len(kept), dtype=np.int32)
-        return [PAD, UNK, *(words[i] for i in kept)], to_vocabulary
 
 
 def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:

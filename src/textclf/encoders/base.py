@@ -73,10 +73,9 @@ class TextEncoder(ABC):
     def save_files(self, directory: Path) -> None:
         """Writes the encoder's learned state (a vocabulary file) into ``directory``."""
 
-    @classmethod
     @abstractmethod
-    def load_files(cls, directory: Path, settings: dict[str, Any]) -> TextEncoder:
-        """The encoder ``save`` wrote into ``directory``, from its ``settings``."""
+    def load_files(self, directory: Path) -> None:
+        """Reads back the learned state ``save_files`` wrote into ``directory``."""
 
     def save(self, directory: Path) -> None:
         target = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -96,8 +95,6 @@ def build_encoder(cfg: Config) -> TextEncoder:
 
 def load_encoder(directory: Path) -> TextEncoder:
     """The encoder saved in ``directory`` (``TextEncoder.save``)."""
-    from hydra.utils import get_object
-
     from textclf.config import TARGETS
 
     path = directory / ENCODER_FILE
@@ -112,4 +109,12 @@ def load_encoder(directory: Path) -> TextEncoder:
         raise TextclfError(
             f"{path}: refusing to build encoder {target!r} (not one of: {', '.join(TARGETS['encoder'])})"
         )
-    return get_object(target).load_files(directory, description)
+    from textclf.config import _check_target_section, build
+
+    # The settings are checked as conf/encoder/*.yaml is: against the constructor's signature.
+    problems = _check_target_section("encoder", {"_target_": target, **description})
+    if problems:
+        raise TextclfError(f"{path}: " + "; ".join(problems))
+    encoder = build("encoder", {"_target_": target, **description})
+    encoder.load_files(directory)
+    return encoder

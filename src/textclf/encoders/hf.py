@@ -106,22 +106,14 @@ class HuggingFaceTokenizer(TextEncoder):
         self.prepare()
         self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)
 
-    @classmethod
-    def load_files(cls, directory: Path, settings: dict[str, Any]) -> HuggingFaceTokenizer:
+    def load_files(self, directory: Path) -> None:
         from transformers import AutoTokenizer
 
         path = directory / TOKENIZER_DIR
         if not path.is_dir():
             raise TextclfError(f"{path}: not found (run `dvc repro preprocess`)")
         try:
-            encoder = cls(**settings)
-        except TypeError as error:
-            raise TextclfError(
-                f"{directory}: encoder settings do not fit the Hugging Face tokenizer ({error})"
-            ) from None
-        try:
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError, KeyError) as error:
             raise TextclfError(f"{path}: cannot load the tokenizer ({first_line(error)})") from None
-        encoder._use(tokenizer, str(path))
-        return encoder
+        self._use(tokenizer, str(path))

@@ -9,14 +9,14 @@ Preprocess and the served model both call ``tokenize``, so a text gets the same 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from textclf.config import PositiveInt
-from textclf.data.encoded import UNK_ID, VOCAB_FILE, TokenIds
+from textclf.data.encoded import UNK_ID, VOCAB_FILE, TokenIds, flatten_documents
 from textclf.encoders.base import TextEncoder
 from textclf.encoders.text import Tokenizer, clean
 from textclf.errors import TextclfError
@@ -56,7 +56,7 @@ class RegexEncoder(TextEncoder):
     def fit(self, texts: Iterable[str]) -> None:
         numbering = TokenIds()
         documents = [numbering(self.tokenize(text)) for text in texts]
-        self.fit_numbered(numbering, np.bincount(_concatenated(documents), minlength=len(numbering.index)))
+        self.fit_numbered(numbering, np.bincount(flatten_documents(documents)[0], minlength=len(numbering.index)))
 
     def fit_numbered(self, numbering: TokenIds, counts: np.ndarray) -> np.ndarray:
         """The vocabulary from tokens already numbered (``numbering``: each distinct token's
@@ -96,20 +96,8 @@ class RegexEncoder(TextEncoder):
     def save_files(self, directory: Path) -> None:
         (directory / VOCAB_FILE).write_text("".join(f"{w}\n" for w in self.vocabulary or []), encoding="utf-8")
 
-    @classmethod
-    def load_files(cls, directory: Path, settings: dict[str, Any]) -> RegexEncoder:
+    def load_files(self, directory: Path) -> None:
         path = directory / VOCAB_FILE
         if not path.is_file():
             raise TextclfError(f"{path}: not found (run `dvc repro preprocess`)")
-        try:
-            encoder = cls(**settings)
-        except TypeError as error:
-            raise TextclfError(f"{directory}: encoder settings do not fit the regex encoder ({error})") from None
-        encoder._set_vocabulary(path.read_text(encoding="utf-8").split("\n")[:-1])
-        return encoder
-
-
-def _concatenated(documents: Sequence[Sequence[int]]) -> np.ndarray:
-    from itertools import chain
-
-    return np.fromiter(chain.from_iterable(documents), dtype=np.int64)
+        self._set_vocabulary(path.read_text(encoding="utf-8").split("\n")[:-1])
