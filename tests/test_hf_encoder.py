@@ -15,23 +15,19 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
+from hf_models import MAX_POSITIONS, build_tiny_bert, hf_config, prepare, stored_documents
 
-from textclf.config import Config, build, validate
+from textclf.config import build, validate
 from textclf.data.datamodule import TextDataModule
-from textclf.data.encoded import EncodedSplit
 from textclf.encoders.base import ENCODER_FILE, load_encoder
 from textclf.errors import TextclfError
 from textclf.models.checkpoint import check_hyperparameters, load_checkpoint
 from textclf.params import compose
-from textclf.stages.download import download
 from textclf.stages.evaluate import predict
-from textclf.stages.preprocess import preprocess
 from textclf.tracking import mlflow_tracking_uri
 
 from conftest import REPO_ROOT
 from corpora import texts, write_folder, write_table
-
-MAX_POSITIONS = 64
 
 
 @pytest.fixture(autouse=True)
@@ -46,54 +42,7 @@ def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory as save_pretrained writes one: config.json, model.safetensors, tokenizer files."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    directory = tmp_path_factory.mktemp("tiny-bert")
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=special)
-    tokenizer.train_from_iterator([text for _, text in texts(per_class=20)], trainer)
-    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
-    )
-    fast.save_pretrained(directory)
-    config = BertConfig(
-        vocab_size=len(fast),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=MAX_POSITIONS,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(directory)
-    return directory
-
-
-def hf_config(tmp_path: Path, model: Path | str, *overrides: str) -> Config:
-    paths = [f"paths.{name}={tmp_path / name}" for name in ("raw", "processed", "models", "reports", "cache")]
-    return validate(compose(["model=hf", f"model.name={model}", *overrides, *paths], root=REPO_ROOT))
-
-
-def prepare(cfg: Config) -> dict:
-    download(cfg, cfg.paths.raw, progress=False)
-    return preprocess(cfg, cfg.paths.raw, cfg.paths.processed, parallel=False)
-
-
-def stored_documents(processed: Path) -> set[tuple[int, ...]]:
-    documents = set()
-    for name in ("train", "val", "test"):
-        split = EncodedSplit.load(processed / f"{name}.pt")
-        documents |= {tuple(split.tokens[split.offsets[i] : split.offsets[i + 1]].tolist()) for i in range(len(split))}
-    return documents
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.mark.parametrize("truncation", ["head", "head_tail"])
