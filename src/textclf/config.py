@@ -121,6 +121,7 @@ class TrainerConfig(_Section):
     strategy: str
     precision: Literal["32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true"]
     max_epochs: PositiveInt
+    accumulate_grad_batches: PositiveInt
     log_every_n_steps: PositiveInt
     gradient_clip_val: PositiveFloat | None
     deterministic: bool
@@ -233,12 +234,23 @@ def _check_target_section(section: str, values: Mapping[str, Any]) -> list[str]:
         try:
             TypeAdapter(annotation).validate_python(value, strict=False)
         except ValidationError as error:
-            problems.append(f"{section}.{key}: {error.errors()[0]['msg'].lower()} (got {value!r})")
+            problems.append(_value_problem(f"{section}.{key}", value, error))
     for name in allowed:
         parameter = parameters[name]
         if parameter.default is inspect.Parameter.empty and name not in values:
             problems.append(f"{section}.{name}: missing (required by {target})")
     return problems
+
+
+def _value_problem(key: str, value: Any, error: ValidationError) -> str:
+    """The first error of a value, named by its key and, inside a mapping, the key within it
+    (``model.lora.r: input should be greater than 0 (got 0)``)."""
+    first = error.errors()[0]
+    for part in first["loc"]:  # the path into the value; a union's member names are not keys of it
+        if not isinstance(value, Mapping) or part not in value:
+            break
+        key, value = f"{key}.{part}", value[part]
+    return f"{key}: {first['msg'].lower()} (got {value!r})"
 
 
 def _format_pydantic(error: ValidationError) -> list[str]:
@@ -332,6 +344,7 @@ def validate(
                 "(clipping needs dense gradients; set model.sparse=false or trainer.gradient_clip_val=null)"
             )
     problems.extend(_check_pretrained(model, values.get("encoder")))
+    problems.extend(_check_lora(model))
     problems.extend(_check_devices(trainer))
     if problems:
         raise TextclfError(f"invalid {source}: " + "; ".join(problems))
@@ -354,6 +367,26 @@ def _check_pretrained(model: Any, encoder: Any) -> list[str]:
         for key in ("name", "max_len")
         if encoder.get(key) != model.get(key)
     ]
+
+
+def _check_lora(model: Any) -> list[str]:
+    """LoRA adapters (model.lora.r set, models/hf.py) need peft installed, and an encoder that
+    trains (with model.freeze_encoder=true they would stay as they start, doing nothing)."""
+    lora = model.get("lora") if isinstance(model, dict) else None
+    if not isinstance(lora, Mapping) or lora.get("r") is None:
+        return []
+    import importlib.util
+
+    r = lora["r"]
+    problems = []
+    if importlib.util.find_spec("peft") is None:  # found, not imported: validating stays cheap
+        problems.append(f'model.lora.r={r} needs peft: pip install "textclf[lora]"')
+    if model.get("freeze_encoder") is True:
+        problems.append(
+            f"model.lora.r={r} trains adapters inside the encoder, which model.freeze_encoder=true freezes: "
+            "set one of model.lora.r=null or model.freeze_encoder=false"
+        )
+    return problems
 
 
 def _check_devices(trainer: Any) -> list[str]:

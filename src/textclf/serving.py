@@ -155,6 +155,13 @@ def pip_requirements(extra: tuple[str, ...] = ()) -> list[str]:
     return [f"{name}=={metadata.version(name).split('+')[0]}" for name in (*REQUIREMENTS, *extra)]
 
 
+def model_requirements(model: dict[str, Any]) -> tuple[str, ...]:
+    """What the backbone of the config section ``model`` imports beyond REQUIREMENTS: peft
+    for LoRA adapters (models/hf.py, model.lora.r set)."""
+    lora = model.get("lora")
+    return ("peft",) if isinstance(lora, dict) and lora.get("r") is not None else ()
+
+
 def pack(staging: Path, checkpoint: Path, processed: Path, config: dict[str, Any]) -> dict[str, str]:
     """Writes the model's files into ``staging``; returns {artifact name: path} for MLflow.
 
@@ -187,7 +194,8 @@ def log_model(uri: str, run_id: str, checkpoint: Path, processed: Path, config: 
     package = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix="textclf-model-") as tmp:
         artifacts = pack(Path(tmp), checkpoint, processed, config)
-        requirements = pip_requirements(load_encoder(Path(artifacts["encoder"])).requirements)
+        encoder = load_encoder(Path(artifacts["encoder"]))
+        requirements = pip_requirements((*encoder.requirements, *model_requirements(config["model"])))
         code = Path(tmp) / "code" / package.name  # the package, without bytecode caches
         shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         try:

@@ -108,7 +108,8 @@ class TextClassifier(pl.LightningModule):
         self.log_dict(self.val_metrics, on_epoch=True, batch_size=size)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(build("optimizer", self.hparams.optimizer), self)
+        # The backbone's parameters are all the module's (the loss weights and metrics hold none).
+        optimizer = build_optimizer(build("optimizer", self.hparams.optimizer), self.backbone)
         scheduler = build("scheduler", self.hparams.scheduler)(
             optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
         )

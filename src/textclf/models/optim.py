@@ -1,4 +1,10 @@
-"""One optimizer over dense parameters and sparse-gradient embedding tables.
+"""The optimizer of a backbone: one over its parameter groups, or over dense parameters and
+sparse-gradient embedding tables.
+
+A backbone may define ``optimizer_groups() -> list[dict]``: param groups, each with its own
+``weight_decay`` (replacing the optimizer's) and ``lr_scale`` (multiplying the optimizer's lr),
+as a pretrained encoder wants no decay on biases and norms and smaller steps in lower layers
+(models/hf.py). The others get one group of all their parameters.
 
 A dense Adam over a large n-gram table updates every row every step; ``nn.EmbeddingBag(
 sparse=True)`` yields gradients for the rows a batch touched only, which torch's SparseAdam
@@ -53,9 +59,23 @@ class DenseSparseOptimizer(Optimizer):
         self.sparse.load_state_dict(state_dict["sparse"])
 
 
+def grouped_optimizer(make_dense: Callable[..., Optimizer], groups: list[dict[str, Any]]) -> Optimizer:
+    """``make_dense(params=groups)``, each group's lr the optimizer's times its ``lr_scale``
+    (1 when absent; the key stays in the group). Set before any scheduler is built, it is the
+    group's base lr, which a LambdaLR schedule scales (``initial_lr``)."""
+    optimizer = make_dense(params=[group for group in groups if group["params"]])
+    for group in optimizer.param_groups:
+        group["lr"] = optimizer.defaults["lr"] * group.get("lr_scale", 1.0)
+    return optimizer
+
+
 def build_optimizer(make_dense: Callable[..., Optimizer], module: nn.Module) -> Optimizer:
-    """``make_dense(params=...)`` for every parameter, or for the dense ones plus SparseAdam
-    (same learning rate; Adam's betas where the dense optimizer has them) for sparse tables."""
+    """``make_dense(params=...)`` over the module's ``optimizer_groups()`` where it defines
+    them; else for every parameter, or for the dense ones plus SparseAdam (same learning
+    rate; Adam's betas where the dense optimizer has them) for sparse tables."""
+    groups = getattr(module, "optimizer_groups", None)
+    if groups is not None:
+        return grouped_optimizer(make_dense, groups())
     sparse = sparse_parameters(module)
     if not sparse:
         return make_dense(params=module.parameters())
