@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from torch.nn import functional as F
 
 from textclf.config import Config, to_dict
-from textclf.data.datamodule import TextDataModule
+from textclf.data.datamodule import TextDataModule, tokens_kept
 from textclf.models.optim import build_optimizer
 
 
@@ -30,7 +30,7 @@ def bare_train(cfg: Config, processed: Path) -> dict[str, float]:
         processed,
         batch_size=cfg.train.batch_size,
         eval_batch_size=cfg.train.eval_batch_size,
-        max_len=cfg.model.get("max_len"),
+        max_len=tokens_kept(cfg.model),
         seed=cfg.seed,
         length_buckets=cfg.train.length_buckets,
     )

@@ -82,13 +82,14 @@ def main() -> None:
         train_stage.main(["--params", str(args.params)])
         result["seconds"] = time.perf_counter() - started
     else:
+        from textclf.data.datamodule import tokens_kept
         from textclf.stages.evaluate import evaluate
         from textclf.stages.train import train
 
         callbacks = []
         if args.per_epoch_test:
             test = EncodedSplit.load(cfg.paths.processed / "test.pt")
-            probe = TestAccuracyPerEpoch(test, cfg.train.eval_batch_size, cfg.model.get("max_len"))
+            probe = TestAccuracyPerEpoch(test, cfg.train.eval_batch_size, tokens_kept(cfg.model))
             callbacks.append(probe)
         started = time.perf_counter()
         summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports, callbacks=callbacks)

@@ -68,7 +68,12 @@ def test_preprocess_writes_the_model_tokenizers_ids_cut_to_max_len(
         expected = {tuple(ids[:5] + ids[-11:]) for ids in whole}
     assert stored_documents(cfg.paths.processed) == expected
     assert manifest["vocab_size"] == len(tokenizer)
-    assert manifest["params"]["encoder"] == {"name": str(tiny_bert), "max_len": 16, "truncation": truncation}
+    assert manifest["params"]["encoder"] == {
+        "name": str(tiny_bert),
+        "max_len": 16,
+        "truncation": truncation,
+        "max_chunks": 4,
+    }
     assert "tokenizer/tokenizer.json" in manifest["files"]
     encoder = load_encoder(cfg.paths.processed)  # from the processed files alone
     served = encoder.encode([text for _, text in pairs])
@@ -202,7 +207,10 @@ def test_training_starts_from_the_pretrained_weights_which_building_does_not_rea
 
     from textclf.models.classifier import TextClassifier
 
-    cfg = hf_config(tmp_path, tiny_bert, "model.max_len=32", "model.freeze_encoder=true")
+    # No Trainer here, so no data module to hand the embeddings computed once to.
+    cfg = hf_config(
+        tmp_path, tiny_bert, "model.max_len=32", "model.freeze_encoder=true", "model.cache_embeddings=false"
+    )
     sections = {section: getattr(cfg, section) for section in ("model", "scheduler")}
     module = TextClassifier(
         **sections, optimizer=cfg.optimizer.model_dump(by_alias=True), vocab_size=100, num_classes=3

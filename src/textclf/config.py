@@ -353,8 +353,8 @@ def validate(
 
 
 def _check_pretrained(model: Any, encoder: Any) -> list[str]:
-    """A pretrained model reads the ids of its own tokenizer: encoder=hf, with the model's name
-    and max_len (conf/encoder/hf.yaml takes them from the model section)."""
+    """A pretrained model reads the ids of its own tokenizer: encoder=hf, with the model's name,
+    max_len and max_chunks (conf/encoder/hf.yaml takes them from the model section)."""
     if not isinstance(model, dict) or model.get("_target_") != "textclf.models.hf.HuggingFaceClassifier":
         return []
     if not isinstance(encoder, dict) or encoder.get("_target_") != "textclf.encoders.hf.HuggingFaceTokenizer":
@@ -364,7 +364,7 @@ def _check_pretrained(model: Any, encoder: Any) -> list[str]:
         return ["model.name: missing (a local directory or a Hub id: -S model.name=...)"]
     return [
         f"encoder.{key}: {encoder.get(key)!r} is not model.{key} ({model.get(key)!r}); the tokenizer must be the model's"
-        for key in ("name", "max_len")
+        for key in ("name", "max_len", "max_chunks")
         if encoder.get(key) != model.get(key)
     ]
 

@@ -35,7 +35,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from textclf.atomic import link_or_copy
-from textclf.data.datamodule import clip_documents
+from textclf.data.datamodule import clip_documents, tokens_kept
 from textclf.data.encoded import LABELS_FILE, read_labels
 from textclf.encoders.base import load_encoder
 from textclf.errors import TextclfError, first_line
@@ -110,7 +110,7 @@ class TextclfModel(mlflow.pyfunc.PythonModel):
         self.encoder = load_encoder(artifacts["encoder"])  # builds only the project's own encoders
         self.labels: list[str] = json.loads(artifacts["labels"].read_text(encoding="utf-8"))
         self.module = load_checkpoint(artifacts["checkpoint"]).eval()
-        self.max_len = self.module.hparams.model.get("max_len")  # tokens kept per document, as in training
+        self.max_len = tokens_kept(self.module.hparams.model)  # as in training
 
     @torch.inference_mode()
     def probabilities(self, texts: list[str]) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -20,7 +22,20 @@ from textclf.data.encoded import EncodedSplit, read_labels, read_manifest
 
 class Batch(dict):
     """tokens (T,) int64 flat ids; offsets (B,) start of each document in tokens;
-    lengths (B,) tokens per document; labels (B,) class indices."""
+    lengths (B,) tokens per document; labels (B,) class indices. Or, where the model's
+    document vectors were computed once (a frozen encoder: models/embeddings.py), features
+    (B, H) and labels (B,)."""
+
+
+def tokens_kept(model: Mapping[str, Any]) -> int | None:
+    """Tokens kept of each document for the model section ``model`` (conf/model, or a
+    checkpoint's), wherever the model runs: training, evaluate, the shipped model, predict.
+    Its max_len (None: the whole document), times max_chunks for a model that reads a
+    document as up to that many windows of max_len tokens (model=hf)."""
+    max_len = model.get("max_len")
+    if max_len is None:
+        return None
+    return max_len * model.get("max_chunks", 1)
 
 
 def clip_documents(
@@ -42,17 +57,23 @@ def clip_documents(
 
 
 class BatchedSplit(Dataset):
-    """Indexed by a list of document indices (from a BatchSampler): returns a whole batch."""
+    """Indexed by a list of document indices (from a BatchSampler): returns a whole batch.
 
-    def __init__(self, split: EncodedSplit, max_len: int | None) -> None:
+    With ``features`` (N, H), one row per document of the split, the batch carries its rows
+    in place of the tokens."""
+
+    def __init__(self, split: EncodedSplit, max_len: int | None, features: torch.Tensor | None = None) -> None:
         self.split = split
         self.max_len = max_len
+        self.features = features
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, indices: list[int]) -> Batch:
         index = torch.as_tensor(indices, dtype=torch.int64)
+        if self.features is not None:
+            return Batch(features=self.features[index], labels=self.split.labels[index])
         starts = self.split.offsets[index]
         lengths = self.split.offsets[index + 1] - starts
         batch = clip_documents(self.split.tokens, starts, lengths, self.max_len)
@@ -113,9 +134,10 @@ class TextDataModule(pl.LightningDataModule):
         batch_size: int,
         eval_batch_size: int,
         num_workers: int = 0,
-        max_len: int | None = None,
+        max_len: int | None = None,  # tokens kept per document (tokens_kept)
         seed: int = 0,
         length_buckets: int | None = None,
+        embeddings_cache: Path | None = None,
     ) -> None:
         super().__init__()
         self.processed = Path(processed)
@@ -125,10 +147,14 @@ class TextDataModule(pl.LightningDataModule):
         self.max_len = max_len
         self.seed = seed  # shuffling seed shared by all DDP ranks
         self.length_buckets = length_buckets  # batches per length-sorted bucket (training only)
+        self.embeddings_cache = embeddings_cache  # where features are kept across trainings (None: not kept)
         # Rows of the embedding table the ids need: the encoder's vocabulary, as preprocess recorded it.
         self.vocab_size: int = read_manifest(self.processed)["vocab_size"]
         self.labels = read_labels(self.processed)
         self.splits: dict[str, EncodedSplit] = {}
+        # (N, H) per split: the model's document vectors, computed once (models/embeddings.py),
+        # which that split's batches then carry in place of the tokens.
+        self.features: dict[str, torch.Tensor] = {}
 
     @property
     def num_classes(self) -> int:
@@ -141,7 +167,7 @@ class TextDataModule(pl.LightningDataModule):
                 self.splits[name] = EncodedSplit.load(self.processed / f"{name}.pt")
 
     def _loader(self, name: str, batch_size: int, shuffle: bool, bucket_batches: int | None = None) -> DataLoader:
-        dataset = BatchedSplit(self.splits[name], self.max_len)
+        dataset = BatchedSplit(self.splits[name], self.max_len, self.features.get(name))
         # Each rank takes its own shard (the Trainer runs with use_distributed_sampler=False
         # because its automatic sampler cannot wrap a batch-level dataset). In one process the
         # "shard" is everything. Either way the order is a function of (seed, epoch) alone,
@@ -162,6 +188,11 @@ class TextDataModule(pl.LightningDataModule):
             batch_size=None,  # the dataset returns whole batches
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # Each iterator draws its workers' base seed from this generator, not from torch's
+            # global one: Lightning makes the first epoch's iterator before the epoch's seed is
+            # set (EpochSeed) and the others after, but a resumed run's first after, so a draw
+            # from the global generator would shift a resumed epoch's dropout masks.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

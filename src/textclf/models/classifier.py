@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 from textclf.config import build
 from textclf.errors import TextclfError
 from textclf.metrics import TRAIN_LOSS_EPOCH, TRAIN_LOSS_STEP, VAL_LOSS, val_metrics
+from textclf.models.embeddings import attach_embeddings
 from textclf.models.optim import build_optimizer
 
 
@@ -58,6 +59,10 @@ class TextClassifier(pl.LightningModule):
         # (restored after setup) or training replaces them; built, it read only its config.
         if stage == "fit" and hasattr(self.backbone, "load_pretrained"):
             self.backbone.load_pretrained()
+        # A frozen encoder's document vectors, computed once for the train and val splits (or
+        # read back from the cache), which their batches then carry in place of the tokens.
+        if stage == "fit" and getattr(self.backbone, "fixed_embeddings", False):
+            attach_embeddings(self.trainer, self.backbone)
         # Backbones that weight words by corpus statistics (fasttext's tfidf) learn them from
         # the training split here, once; they are buffers, so checkpoints keep them.
         if stage == "fit" and hasattr(self.backbone, "set_document_frequency"):

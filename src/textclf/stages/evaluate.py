@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from textclf.atomic import write_files
 from textclf.config import MODEL_SECTIONS, Config, load_params
-from textclf.data.datamodule import TextDataModule
+from textclf.data.datamodule import TextDataModule, tokens_kept
 from textclf.errors import TextclfError, run_cli
 from textclf.hashing import file_sha256
 from textclf.metrics import F1_MACRO, LOSS, TEST_PREFIX, TEST_SCORES, evaluation_metrics
@@ -125,7 +125,7 @@ def evaluate(
         processed,
         batch_size=cfg.train.eval_batch_size,
         eval_batch_size=cfg.train.eval_batch_size,
-        max_len=module.hparams.model.get("max_len"),
+        max_len=tokens_kept(module.hparams.model),
     )
     names = datamodule.labels
     logits, labels = predict(module, datamodule)

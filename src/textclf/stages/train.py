@@ -44,12 +44,13 @@ from textclf.atomic import link_or_copy, staged_dir, write_text
 from textclf.batched_logger import BatchedMLFlowLogger
 from textclf.callbacks import BestInMemoryIO, EpochHistory, EpochSeed, ResumePoint
 from textclf.config import MODEL_SECTIONS, Config, flatten, load_params, to_dict
-from textclf.data.datamodule import TextDataModule
+from textclf.data.datamodule import TextDataModule, tokens_kept
 from textclf.data.encoded import VOCAB_FILE, read_manifest
 from textclf.distributed import launch_state_restorer
 from textclf.errors import TextclfError, run_cli
 from textclf.hashing import file_sha256
 from textclf.models.classifier import NonFiniteLoss, TextClassifier
+from textclf.models.embeddings import EMBEDDINGS_DIR
 from textclf.outputs import CHECKPOINT_NAME, CURVES_FILE
 from textclf.provenance import run_tags
 from textclf.redact import mask_userinfo, redact_config, redact_secrets
@@ -151,9 +152,10 @@ def build_datamodule(cfg: Config, processed: Path) -> TextDataModule:
         batch_size=cfg.train.batch_size,
         eval_batch_size=cfg.train.eval_batch_size,
         num_workers=cfg.train.num_workers,
-        max_len=cfg.model.get("max_len"),
+        max_len=tokens_kept(cfg.model),
         seed=cfg.seed,
         length_buckets=cfg.train.length_buckets,
+        embeddings_cache=cfg.paths.cache / EMBEDDINGS_DIR,  # a frozen encoder's vectors, computed once
     )
 
 
