@@ -201,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}, "
         f"torch {torch.__version__}",
         "device": args.device,
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
         "model": str(args.model),
         "rows": {},
     }
