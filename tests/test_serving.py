@@ -67,7 +67,10 @@ def test_the_model_packs_what_it_needs_and_pins_its_requirements(trained, tmp_pa
     with mlflow_tracking_uri(uri):
         local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
     artifacts = {p.name for p in (local / "artifacts").iterdir()}
-    assert artifacts == {"checkpoint.ckpt", "encoder", "labels.json", "config.yaml"}
+    assert artifacts == {"model.safetensors", "hyperparameters.json", "encoder", "labels.json", "config.yaml"}
+    assert not list(local.rglob("*.ckpt"))  # the weights travel as safetensors, not as a checkpoint
+    hyperparameters = json.loads((local / "artifacts" / "hyperparameters.json").read_text(encoding="utf-8"))
+    assert hyperparameters["model"]["_target_"] == "textclf.models.fasttext.FastText"
     assert json.loads((local / "artifacts" / "labels.json").read_text()) == LABELS
     assert {p.name for p in (local / "artifacts" / "encoder").iterdir()} == {ENCODER_FILE, "vocab.txt"}
     encoder = json.loads((local / "artifacts" / "encoder" / ENCODER_FILE).read_text(encoding="utf-8"))
@@ -78,7 +81,8 @@ def test_the_model_packs_what_it_needs_and_pins_its_requirements(trained, tmp_pa
     assert not list((local / "code").rglob("__pycache__"))
     requirements = (local / "requirements.txt").read_text().split()
     assert all("==" in line for line in requirements)
-    assert {line.split("==")[0] for line in requirements} >= {"mlflow", "torch", "lightning", "pandas"}
+    assert {line.split("==")[0] for line in requirements} >= {"mlflow", "torch", "lightning", "pandas", "safetensors"}
+    assert len({line.split("==")[0] for line in requirements}) == len(requirements)  # each once
     assert (local / "serving_input_example.json").is_file()
 
 
@@ -110,17 +114,48 @@ def downloaded_artifacts(uri: str, run_id: str, into: Path) -> dict[str, str]:
     """{artifact name: local path} of the run's model, as MLflow hands them to load_context."""
     with mlflow_tracking_uri(uri):
         local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(into)))
-    files = {"encoder": "encoder", "labels": "labels.json", "checkpoint": "checkpoint.ckpt", "config": "config.yaml"}
+    files = {
+        "encoder": "encoder",
+        "labels": "labels.json",
+        "weights": "model.safetensors",
+        "hyperparameters": "hyperparameters.json",
+        "config": "config.yaml",
+    }
     return {name: str(local / "artifacts" / file) for name, file in files.items()}
 
 
-def test_a_tampered_checkpoint_is_refused_when_the_model_loads(trained, tmp_path: Path) -> None:
+def test_tampered_weights_or_hyperparameters_are_refused_when_the_model_loads(trained, tmp_path: Path) -> None:
     artifacts = downloaded_artifacts(*trained, tmp_path)
+    weights, hyperparameters = Path(artifacts["weights"]), Path(artifacts["hyperparameters"])
+    original, values = weights.read_bytes(), json.loads(hyperparameters.read_text(encoding="utf-8"))
+
     marker = tmp_path / "pwned"
-    torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": _RunsCode(marker)}, artifacts["checkpoint"])
-    with pytest.raises(TextclfError, match="refusing to load"):
+    torch.save({"state_dict": {}, "payload": _RunsCode(marker)}, weights)  # a pickle in its place
+    with pytest.raises(TextclfError, match=r"model\.safetensors: refusing to load, not a safetensors file") as error:
         TextclfModel().load_context(_Context(artifacts))
-    assert not marker.exists()
+    assert "\n" not in str(error.value) and not marker.exists()
+    weights.write_bytes(original)
+
+    tampered = {
+        "naming a foreign target": (
+            {**values, "model": {**values["model"], "_target_": "os.system"}},
+            r"hyperparameters\.json: refusing to load, hyper_parameters\.model\._target_",
+        ),
+        "not fitting the weights": (
+            {**values, "num_classes": values["num_classes"] + 1},
+            r"model\.safetensors: refusing to load, its weights do not fit its hyperparameters",
+        ),
+    }
+    for what, (changed, refused) in tampered.items():
+        hyperparameters.write_text(json.dumps(changed), encoding="utf-8")
+        with pytest.raises(TextclfError, match=refused) as error:
+            TextclfModel().load_context(_Context(artifacts))
+        assert "\n" not in str(error.value), what
+    hyperparameters.write_text("{not json", encoding="utf-8")
+    with pytest.raises(TextclfError, match=r"hyperparameters\.json: refusing to load, not JSON"):
+        TextclfModel().load_context(_Context(artifacts))
+    hyperparameters.write_text(json.dumps(values), encoding="utf-8")
+    TextclfModel().load_context(_Context(artifacts))  # whole again: it loads
 
 
 def test_a_tampered_encoder_is_refused_when_the_model_loads(trained, tmp_path: Path) -> None:
