@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -197,9 +199,10 @@ def post(url: str, body: bytes) -> tuple[int, dict]:
     return status, json.loads(text)
 
 
-@pytest.mark.slow
-def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(trained, tmp_path: Path) -> None:
-    uri, run_id = trained
+@contextlib.contextmanager
+def served_model(model_uri: str, tracking_uri: str, tmp_path: Path) -> Iterator[str]:
+    """Runs `mlflow models serve` on ``model_uri`` (127.0.0.1, a free port, one worker, this
+    environment); yields its base URL once /ping answers, and stops it (its process group) after."""
     port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     log = (tmp_path / "server.log").open("w")
@@ -209,7 +212,7 @@ def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(tr
             "models",
             "serve",
             "-m",
-            f"runs:/{run_id}/model",
+            model_uri,
             "--env-manager",
             "local",
             "--host",
@@ -219,7 +222,7 @@ def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(tr
             "--workers",
             "1",
         ],
-        env=subprocess_env(MLFLOW_TRACKING_URI=uri, TMPDIR=str(tmp_path)),  # its copy of the model lands there
+        env=subprocess_env(MLFLOW_TRACKING_URI=tracking_uri, TMPDIR=str(tmp_path)),  # its copy of the model lands there
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the CLI runs the web server as a child
@@ -237,12 +240,25 @@ def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(tr
                 pass
             assert time.monotonic() < deadline, "server did not answer /ping in time"
             time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the group of the process started above, only
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(trained, tmp_path: Path) -> None:
+    uri, run_id = trained
+    with served_model(f"runs:/{run_id}/model", uri, tmp_path) as base:
         body = json.dumps({"dataframe_records": [{"text": text} for text in TEXTS.values()]})
-        request = urllib.request.Request(
-            f"{base}/invocations", data=body.encode(), headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            predictions = json.loads(response.read())["predictions"]
+        status, answer = post(f"{base}/invocations", body.encode())
+        assert status == 200, answer
+        predictions = answer["predictions"]
         assert [row["label"] for row in predictions] == list(TEXTS)
         for row in predictions:
             assert sum(row[label] for label in LABELS) == pytest.approx(1.0, abs=1e-5)
@@ -260,14 +276,6 @@ def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(tr
         assert status == 400 and "missing inputs ['text']" in answer["message"]
         status, answer = post(f"{base}/invocations", b'{"dataframe_records": [')
         assert status == 400 and answer["message"].startswith("Invalid input. Ensure that input is a valid JSON")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the group of the process started above, only
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
 
 
 def test_the_shipped_config_masks_secrets() -> None:

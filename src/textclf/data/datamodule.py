@@ -162,6 +162,11 @@ class TextDataModule(pl.LightningDataModule):
             batch_size=None,  # the dataset returns whole batches
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # Each iterator draws a base seed (for its workers) from this generator, not from
+            # the global one: Lightning makes an epoch's iterator after the epoch is reseeded
+            # (callbacks.EpochSeed), except in the first epoch of a resumed run, so a draw from
+            # the global RNG would shift every dropout mask after a resume.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
