@@ -130,9 +130,10 @@ def test_fine_tuning_learns_and_the_shipped_model_needs_no_model_files(
         p.relative_to(local / "artifacts" / "encoder").as_posix() for p in (local / "artifacts" / "encoder").rglob("*")
     }
     assert {ENCODER_FILE, "tokenizer/tokenizer.json"} <= encoder_files
-    assert not list(local.rglob("*.safetensors"))  # the weights are the checkpoint's
+    assert [p.relative_to(local).as_posix() for p in local.rglob("*.safetensors")] == ["artifacts/model.safetensors"]
+    assert not list(local.rglob("*.ckpt"))  # the fine-tuned weights as safetensors, no pickle
     requirements = (local / "requirements.txt").read_text().split()
-    assert any(line.startswith("transformers==") for line in requirements)
+    assert {"transformers", "safetensors"} <= {line.split("==")[0] for line in requirements}
 
 
 def bad(tmp_path: Path, model: Path | str, *overrides: str) -> list[str]:

@@ -397,7 +397,7 @@ def test_mlflow_server_on_postgres_records_train_and_evaluate(tiny_config, monke
         local = client.download_artifacts(record.info.run_id, "evaluation/metrics.json", str(cfg.paths.reports.parent))
         assert json.loads(Path(local).read_text()) == metrics
         # Served through the server: the files sit in the server's artifact directory.
-        assert list((state / "artifacts").rglob("checkpoint.ckpt"))  # the logged model's weights
+        assert list((state / "artifacts").rglob("model.safetensors"))  # the logged model's weights
     finally:
         stopped = subprocess.run(
             ["bash", str(SERVER_SCRIPT), "stop"],

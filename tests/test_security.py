@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pickle
-import shutil
 import tarfile
 import uuid
 from pathlib import Path
@@ -161,30 +161,37 @@ def logged(tmp_path_factory: pytest.TempPathFactory, tiny_archive) -> TinyRun:
     return tiny_run(tmp_path_factory.mktemp("logged"), *tiny_archive)
 
 
+def jsonable(value):  # noqa: ANN001, ANN201 - a payload section
+    """``value`` as JSON holds it: bytes (a pickle) as Latin-1 text, one character per byte."""
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [jsonable(item) for item in value]
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
 @pytest.mark.parametrize("target", FOREIGN)
-def test_a_logged_model_whose_checkpoint_names_a_foreign_target_is_refused_when_it_loads(
+def test_a_logged_model_whose_hyperparameters_name_a_foreign_target_is_refused_when_it_loads(
     logged: TinyRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: str
 ) -> None:
     monkeypatch.syspath_prepend(str(tmp_path))
     marker = tmp_path / "pwned"
     root = Path(logged.uri.removeprefix("sqlite:///")).parent
-    [stored] = (root / "mlartifacts").glob("models/*/artifacts/artifacts/checkpoint.ckpt")  # in the store
-    original = tmp_path / "original.ckpt"
-    shutil.copyfile(stored, original)
-    data = torch.load(original, weights_only=True)
-    hyperparameters = hostile(data["hyper_parameters"], "model", payloads(marker)[target])
-    torch.save({**data, "hyper_parameters": hyperparameters}, stored)
+    [stored] = (root / "mlartifacts").glob("models/*/artifacts/artifacts/hyperparameters.json")  # in the store
+    original = stored.read_text(encoding="utf-8")
+    hyperparameters = hostile(json.loads(original), "model", jsonable(payloads(marker)[target]))
+    stored.write_text(json.dumps(hyperparameters), encoding="utf-8")
     try:
         refused = (
             r"^cannot load model runs:/\w+/model from .*: "
-            r"model/artifacts/checkpoint\.ckpt: refusing to load, hyper_parameters\.model\._target_"
+            r"model/artifacts/hyperparameters\.json: refusing to load, hyper_parameters\.model\._target_"
         )
         with pytest.raises(TextclfError, match=refused) as error:
             load_model(f"runs:/{logged.run_id}/model", logged.uri)
         assert "\n" not in str(error.value)
         assert not marker.exists()
     finally:
-        shutil.copyfile(original, stored)
+        stored.write_text(original, encoding="utf-8")
     assert load_model(f"runs:/{logged.run_id}/model", logged.uri) is not None  # the store is whole again
 
 

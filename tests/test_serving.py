@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -67,7 +69,10 @@ def test_the_model_packs_what_it_needs_and_pins_its_requirements(trained, tmp_pa
     with mlflow_tracking_uri(uri):
         local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
     artifacts = {p.name for p in (local / "artifacts").iterdir()}
-    assert artifacts == {"checkpoint.ckpt", "encoder", "labels.json", "config.yaml"}
+    assert artifacts == {"model.safetensors", "hyperparameters.json", "encoder", "labels.json", "config.yaml"}
+    assert not list(local.rglob("*.ckpt"))  # the weights travel as safetensors, not as a checkpoint
+    hyperparameters = json.loads((local / "artifacts" / "hyperparameters.json").read_text(encoding="utf-8"))
+    assert hyperparameters["model"]["_target_"] == "textclf.models.fasttext.FastText"
     assert json.loads((local / "artifacts" / "labels.json").read_text()) == LABELS
     assert {p.name for p in (local / "artifacts" / "encoder").iterdir()} == {ENCODER_FILE, "vocab.txt"}
     encoder = json.loads((local / "artifacts" / "encoder" / ENCODER_FILE).read_text(encoding="utf-8"))
@@ -78,7 +83,8 @@ def test_the_model_packs_what_it_needs_and_pins_its_requirements(trained, tmp_pa
     assert not list((local / "code").rglob("__pycache__"))
     requirements = (local / "requirements.txt").read_text().split()
     assert all("==" in line for line in requirements)
-    assert {line.split("==")[0] for line in requirements} >= {"mlflow", "torch", "lightning", "pandas"}
+    assert {line.split("==")[0] for line in requirements} >= {"mlflow", "torch", "lightning", "pandas", "safetensors"}
+    assert len({line.split("==")[0] for line in requirements}) == len(requirements)  # each once
     assert (local / "serving_input_example.json").is_file()
 
 
@@ -110,17 +116,48 @@ def downloaded_artifacts(uri: str, run_id: str, into: Path) -> dict[str, str]:
     """{artifact name: local path} of the run's model, as MLflow hands them to load_context."""
     with mlflow_tracking_uri(uri):
         local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(into)))
-    files = {"encoder": "encoder", "labels": "labels.json", "checkpoint": "checkpoint.ckpt", "config": "config.yaml"}
+    files = {
+        "encoder": "encoder",
+        "labels": "labels.json",
+        "weights": "model.safetensors",
+        "hyperparameters": "hyperparameters.json",
+        "config": "config.yaml",
+    }
     return {name: str(local / "artifacts" / file) for name, file in files.items()}
 
 
-def test_a_tampered_checkpoint_is_refused_when_the_model_loads(trained, tmp_path: Path) -> None:
+def test_tampered_weights_or_hyperparameters_are_refused_when_the_model_loads(trained, tmp_path: Path) -> None:
     artifacts = downloaded_artifacts(*trained, tmp_path)
+    weights, hyperparameters = Path(artifacts["weights"]), Path(artifacts["hyperparameters"])
+    original, values = weights.read_bytes(), json.loads(hyperparameters.read_text(encoding="utf-8"))
+
     marker = tmp_path / "pwned"
-    torch.save({"state_dict": {}, "hyper_parameters": {}, "payload": _RunsCode(marker)}, artifacts["checkpoint"])
-    with pytest.raises(TextclfError, match="refusing to load"):
+    torch.save({"state_dict": {}, "payload": _RunsCode(marker)}, weights)  # a pickle in its place
+    with pytest.raises(TextclfError, match=r"model\.safetensors: refusing to load, not a safetensors file") as error:
         TextclfModel().load_context(_Context(artifacts))
-    assert not marker.exists()
+    assert "\n" not in str(error.value) and not marker.exists()
+    weights.write_bytes(original)
+
+    tampered = {
+        "naming a foreign target": (
+            {**values, "model": {**values["model"], "_target_": "os.system"}},
+            r"hyperparameters\.json: refusing to load, hyper_parameters\.model\._target_",
+        ),
+        "not fitting the weights": (
+            {**values, "num_classes": values["num_classes"] + 1},
+            r"model\.safetensors: refusing to load, its weights do not fit its hyperparameters",
+        ),
+    }
+    for what, (changed, refused) in tampered.items():
+        hyperparameters.write_text(json.dumps(changed), encoding="utf-8")
+        with pytest.raises(TextclfError, match=refused) as error:
+            TextclfModel().load_context(_Context(artifacts))
+        assert "\n" not in str(error.value), what
+    hyperparameters.write_text("{not json", encoding="utf-8")
+    with pytest.raises(TextclfError, match=r"hyperparameters\.json: refusing to load, not JSON"):
+        TextclfModel().load_context(_Context(artifacts))
+    hyperparameters.write_text(json.dumps(values), encoding="utf-8")
+    TextclfModel().load_context(_Context(artifacts))  # whole again: it loads
 
 
 def test_a_tampered_encoder_is_refused_when_the_model_loads(trained, tmp_path: Path) -> None:
@@ -162,9 +199,10 @@ def post(url: str, body: bytes) -> tuple[int, dict]:
     return status, json.loads(text)
 
 
-@pytest.mark.slow
-def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(trained, tmp_path: Path) -> None:
-    uri, run_id = trained
+@contextlib.contextmanager
+def served_model(model_uri: str, tracking_uri: str, tmp_path: Path) -> Iterator[str]:
+    """Runs `mlflow models serve` on ``model_uri`` (127.0.0.1, a free port, one worker, this
+    environment); yields its base URL once /ping answers, and stops it (its process group) after."""
     port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     log = (tmp_path / "server.log").open("w")
@@ -174,7 +212,7 @@ def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(tr
             "models",
             "serve",
             "-m",
-            f"runs:/{run_id}/model",
+            model_uri,
             "--env-manager",
             "local",
             "--host",
@@ -184,7 +222,7 @@ def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(tr
             "--workers",
             "1",
         ],
-        env=subprocess_env(MLFLOW_TRACKING_URI=uri, TMPDIR=str(tmp_path)),  # its copy of the model lands there
+        env=subprocess_env(MLFLOW_TRACKING_URI=tracking_uri, TMPDIR=str(tmp_path)),  # its copy of the model lands there
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the CLI runs the web server as a child
@@ -202,12 +240,25 @@ def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(tr
                 pass
             assert time.monotonic() < deadline, "server did not answer /ping in time"
             time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the group of the process started above, only
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(trained, tmp_path: Path) -> None:
+    uri, run_id = trained
+    with served_model(f"runs:/{run_id}/model", uri, tmp_path) as base:
         body = json.dumps({"dataframe_records": [{"text": text} for text in TEXTS.values()]})
-        request = urllib.request.Request(
-            f"{base}/invocations", data=body.encode(), headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            predictions = json.loads(response.read())["predictions"]
+        status, answer = post(f"{base}/invocations", body.encode())
+        assert status == 200, answer
+        predictions = answer["predictions"]
         assert [row["label"] for row in predictions] == list(TEXTS)
         for row in predictions:
             assert sum(row[label] for label in LABELS) == pytest.approx(1.0, abs=1e-5)
@@ -225,14 +276,6 @@ def test_mlflow_models_serve_answers_predictions_and_bad_requests_in_one_line(tr
         assert status == 400 and "missing inputs ['text']" in answer["message"]
         status, answer = post(f"{base}/invocations", b'{"dataframe_records": [')
         assert status == 400 and answer["message"].startswith("Invalid input. Ensure that input is a valid JSON")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the group of the process started above, only
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
 
 
 def test_the_shipped_config_masks_secrets() -> None:

@@ -4,15 +4,23 @@ Each training logs one under the artifact name ``model``; it loads anywhere MLfl
 (``mlflow.pyfunc.load_model("runs:/<id>/model")``, ``models:/textclf@champion``,
 ``mlflow models serve``) without the processed data or this repository:
 
-  artifacts/checkpoint.ckpt  the best checkpoint (weights + hyperparameters; loaded weights-only)
-  artifacts/encoder/         the text encoder preprocess fitted and saved (textclf.encoders):
-                             encoder.json (its _target_ and settings) and its files (the regex
-                             encoder's vocab.txt: line i is token id i, 0 <pad>, 1 <unk>; a
-                             pretrained model's tokenizer/, as save_pretrained writes it)
-  artifacts/labels.json      class names; index i is class i
-  artifacts/config.yaml      the resolved config that trained it (secrets masked, as in the run's params)
-  code/textclf/              this package, so the model runs the code it was trained with
-  pyfunc_model.py            the file MLflow runs to make the model (models-from-code: no pickle)
+  artifacts/model.safetensors   the best checkpoint's weights (the LightningModule's state_dict, as
+                                safetensors: tensors only, no pickle; tied tensors stored once)
+  artifacts/hyperparameters.json  the checkpoint's hyperparameters, checked on load as a
+                                checkpoint's are (textclf.models.checkpoint) before anything is built
+  artifacts/encoder/            the text encoder preprocess fitted and saved (textclf.encoders):
+                                encoder.json (its _target_ and settings) and its files (the regex
+                                encoder's vocab.txt: line i is token id i, 0 <pad>, 1 <unk>; a
+                                pretrained model's tokenizer/, as save_pretrained writes it)
+  artifacts/labels.json         class names; index i is class i
+  artifacts/config.yaml         the resolved config that trained it (secrets masked, as in the run's params)
+  code/textclf/                 this package, so the model runs the code it was trained with
+  pyfunc_model.py               the file MLflow runs to make the model (models-from-code: no pickle)
+
+A pretrained model (model=hf) needs neither its original directory nor the Hub: its weights are
+in model.safetensors, its configuration in hyperparameters.json (``model.architecture``), its
+tokenizer's files under encoder/tokenizer/. The DVC output models/model.ckpt stays a Lightning
+checkpoint; only the shipped copy is converted.
 
 Requirements are pinned explicitly to the versions installed here: MLflow's requirement
 inference would reload the model and may reach for the network.
@@ -34,12 +42,11 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from textclf.atomic import link_or_copy
 from textclf.data.datamodule import clip_documents, tokens_kept
 from textclf.data.encoded import LABELS_FILE, read_labels
 from textclf.encoders.base import load_encoder
 from textclf.errors import TextclfError, first_line
-from textclf.models.checkpoint import load_checkpoint
+from textclf.models.checkpoint import load_shipped, save_shipped
 from textclf.redact import mask_userinfo, redact_config
 from textclf.tracking import TrackingStore, mlflow_tracking_uri
 
@@ -48,7 +55,8 @@ MODEL_NAME = "model"  # artifact name: runs:/<run id>/model
 # code/ on sys.path); it names TextclfModel, so the model holds no pickle (python_model.pkl).
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 TEXT_COLUMN, LABEL_COLUMN = "text", "label"
-ENCODER_DIR, CONFIG_FILE, CHECKPOINT_FILE = "encoder", "config.yaml", "checkpoint.ckpt"
+ENCODER_DIR, CONFIG_FILE = "encoder", "config.yaml"
+WEIGHTS_FILE, HYPERPARAMETERS_FILE = "model.safetensors", "hyperparameters.json"
 BATCH_SIZE = 256  # documents per forward pass
 # What the bundled code imports at prediction time (distribution names).
 REQUIREMENTS = (
@@ -63,6 +71,7 @@ REQUIREMENTS = (
     "pyyaml",
     "pandas",
     "numpy",
+    "safetensors",
 )
 EXAMPLE_TEXTS = ["An example message to classify.", "Another one, with more words than the first."]
 
@@ -109,8 +118,8 @@ class TextclfModel(mlflow.pyfunc.PythonModel):
         artifacts = {name: Path(path) for name, path in context.artifacts.items()}
         self.encoder = load_encoder(artifacts["encoder"])  # builds only the project's own encoders
         self.labels: list[str] = json.loads(artifacts["labels"].read_text(encoding="utf-8"))
-        self.module = load_checkpoint(artifacts["checkpoint"]).eval()
-        self.max_len = tokens_kept(self.module.hparams.model)  # as in training
+        self.module = load_shipped(artifacts["weights"], artifacts["hyperparameters"]).eval()
+        self.max_len = tokens_kept(self.module.hparams.model)  # tokens kept per document, as in training
 
     @torch.inference_mode()
     def probabilities(self, texts: list[str]) -> torch.Tensor:
@@ -152,7 +161,8 @@ def pip_requirements(extra: tuple[str, ...] = ()) -> list[str]:
     """``name==version`` of every runtime dependency and of ``extra`` (the encoder's: a
     pretrained tokenizer needs transformers), as installed here (local tags such as torch's
     ``+cpu`` dropped, so any build of that release satisfies it)."""
-    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in (*REQUIREMENTS, *extra)]
+    names = dict.fromkeys((*REQUIREMENTS, *extra))  # in order, each once
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in names]
 
 
 def model_requirements(model: dict[str, Any]) -> tuple[str, ...]:
@@ -165,11 +175,14 @@ def model_requirements(model: dict[str, Any]) -> tuple[str, ...]:
 def pack(staging: Path, checkpoint: Path, processed: Path, config: dict[str, Any]) -> dict[str, str]:
     """Writes the model's files into ``staging``; returns {artifact name: path} for MLflow.
 
-    The encoder is loaded from ``processed`` and saved again (so only an encoder that loads is
-    shipped, with exactly the files it reads back: a pretrained tokenizer's files, never the
-    model's directory, whose weights are the checkpoint's); ``config`` is saved with secrets masked."""
+    The checkpoint is loaded (so checked) and written as safetensors weights and JSON
+    hyperparameters; the encoder is loaded from ``processed`` and saved again (so only an
+    encoder that loads is shipped, with exactly the files it reads back: a pretrained
+    tokenizer's files, never the model's directory, whose weights are the checkpoint's);
+    ``config`` is saved with secrets masked."""
     files = {
-        "checkpoint": CHECKPOINT_FILE,
+        "weights": WEIGHTS_FILE,
+        "hyperparameters": HYPERPARAMETERS_FILE,
         "encoder": ENCODER_DIR,
         "labels": LABELS_FILE,
         "config": CONFIG_FILE,
@@ -178,7 +191,7 @@ def pack(staging: Path, checkpoint: Path, processed: Path, config: dict[str, Any
     load_encoder(processed).save(staging / ENCODER_DIR)
     (staging / CONFIG_FILE).write_text(yaml.safe_dump(shareable_config(config), sort_keys=False), encoding="utf-8")
     shutil.copyfile(processed / LABELS_FILE, staging / LABELS_FILE)
-    link_or_copy(checkpoint, staging / CHECKPOINT_FILE)  # a temporary directory: no need for a copy
+    save_shipped(checkpoint, staging / WEIGHTS_FILE, staging / HYPERPARAMETERS_FILE)
     return {name: str(staging / file) for name, file in files.items()}
 
 
