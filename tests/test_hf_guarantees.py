@@ -254,16 +254,25 @@ def test_the_shipped_hf_model_gives_evaluates_probabilities_through_predict_and_
 def test_dvc_exp_run_fine_tunes_a_local_hf_model_and_reruns_nothing_unchanged(
     tiny_bert: Path, corpus, tmp_path: Path, hf_home: Path
 ) -> None:
+    model = shutil.copytree(tiny_bert, tmp_path / "model")  # edited below
     repo = copy_repository(tmp_path / "repo")
     env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp_run = ["dvc", "exp", "run"]
-    for override in overrides(tiny_bert, corpus, epochs=2, resume_interval_s="null"):
+    for override in overrides(model, corpus, epochs=2, resume_interval_s="null"):
         exp_run += ["-S", override]
     first = run(exp_run, repo, env)
     assert stages_run(first) == ["download", "preprocess", "train", "evaluate"]
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     assert metrics["accuracy"] > 0.5  # three classes: chance is a third
     manifest = json.loads((repo / "data" / "processed" / "manifest.json").read_text())
-    assert manifest["params"]["encoder"]["name"] == str(tiny_bert)
+    assert manifest["params"]["encoder"]["name"] == str(model)
 
     assert stages_run(run(exp_run, repo, env)) == []  # nothing changed: nothing runs
+
+    # Other pretrained weights in the same directory (paths.model_files, a dep of preprocess
+    # and train): the model is trained again; the data is not downloaded again.
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(model / "model.safetensors")
+    save_file({name: tensor * 1.01 for name, tensor in weights.items()}, model / "model.safetensors")
+    assert stages_run(run(exp_run, repo, env)) == ["preprocess", "train", "evaluate"]

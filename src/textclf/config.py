@@ -144,6 +144,7 @@ class PathsConfig(_Section):
     reports: Path
     cache: Path
     inputs: list[str]  # the local inputs DVC watches (conf/config.yaml: textclf.local_inputs)
+    model_files: str  # the pretrained model's local directory DVC watches (textclf.local_model)
 
 
 class Config(_Section):
