@@ -526,7 +526,8 @@ def test_reading_a_url_before_its_download_says_so(tmp_path: Path) -> None:
 
 # --- the config ---------------------------------------------------------------------------
 
-FOLDER_KEYS = tuple(f"data.{key}:" for key in ("path", "sha256", "encoding", "split_names"))
+# A problem names its key, or the key within it (``data.split_names.train: ...``).
+FOLDER_KEYS = tuple(f"data.{key}{end}" for key in ("path", "sha256", "encoding", "split_names") for end in ":.")
 
 
 def folder_problems(*overrides: str) -> list[str]:
