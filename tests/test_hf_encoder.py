@@ -17,6 +17,7 @@ import pytest
 import torch
 from hf_models import MAX_POSITIONS, build_tiny_bert, hf_config, prepare, stored_documents
 
+from textclf.calibration import calibrated
 from textclf.config import build, validate
 from textclf.data.datamodule import TextDataModule
 from textclf.encoders.base import ENCODER_FILE, load_encoder
@@ -117,7 +118,8 @@ def test_fine_tuning_learns_and_the_shipped_model_needs_no_model_files(
     processed = next((tmp_path / "cache" / "processed").iterdir())
     module = load_checkpoint(checkpoint)
     datamodule = TextDataModule(processed, batch_size=8, eval_batch_size=8, max_len=32)
-    expected = predict(module, datamodule)[0].softmax(dim=1)  # evaluate's probabilities, in test order
+    temperature = json.loads((tmp_path / "job" / "reports" / "metrics.json").read_text())["temperature"]
+    expected = calibrated(predict(module, datamodule)[0], temperature)  # evaluate's probabilities, in test order
 
     shutil.rmtree(model)  # the shipped model carries what it needs
     with mlflow_tracking_uri(mlflow_uri):

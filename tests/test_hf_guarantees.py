@@ -23,6 +23,7 @@ from test_dvc_pipeline import copy_repository, run, stages_run
 from test_guarantees_resume import completed, kill_after_first_epoch, stage_command
 from test_serving import post, served_model
 
+from textclf.calibration import calibrated
 from textclf.config import Config, load_params, validate
 from textclf.data.datamodule import TextDataModule
 from textclf.models.checkpoint import load_checkpoint
@@ -102,12 +103,14 @@ def prepared(root: Path, model: Path, corpus: tuple[Path, Path], epochs: int = E
 
 
 def evaluated_probabilities(cfg: Config) -> torch.Tensor:
-    """-> (N, C) evaluate's softmax over the test split (TEST_PAIRS' order), from models/."""
+    """-> (N, C) evaluate's calibrated probabilities over the test split (TEST_PAIRS' order),
+    from models/ and the temperature in reports/metrics.json."""
     module = load_checkpoint(cfg.paths.models / "model.ckpt")
     batch = cfg.train.eval_batch_size
     max_len = module.hparams.model.get("max_len")
     datamodule = TextDataModule(cfg.paths.processed, batch_size=batch, eval_batch_size=batch, max_len=max_len)
-    return predict(module, datamodule)[0].softmax(dim=1)
+    temperature = json.loads((cfg.paths.reports / "metrics.json").read_text())["temperature"]
+    return calibrated(predict(module, datamodule)[0], temperature)
 
 
 def test_making_an_epochs_batches_draws_nothing_from_the_global_generator(

@@ -21,6 +21,7 @@ import torch
 from hf_models import build_tiny_bert, hf_config, prepare, stored_documents
 from lightning.pytorch.callbacks import Callback
 
+from textclf.calibration import calibrated
 from textclf.config import build
 from textclf.data.datamodule import BatchedSplit, TextDataModule, tokens_kept
 from textclf.data.encoded import EncodedSplit
@@ -186,7 +187,8 @@ def test_a_chunked_fine_tune_learns_and_the_shipped_model_gives_evaluates_probab
     assert tokens_kept(module.hparams.model) == 32
     datamodule = TextDataModule(processed, batch_size=8, eval_batch_size=8, max_len=tokens_kept(module.hparams.model))
     assert int(EncodedSplit.load(processed / "test.pt").lengths.min()) > 16  # two windows each
-    expected = predict(module, datamodule)[0].softmax(dim=1)  # evaluate's probabilities, in test order
+    temperature = json.loads((tmp_path / "job" / "reports" / "metrics.json").read_text())["temperature"]
+    expected = calibrated(predict(module, datamodule)[0], temperature)  # evaluate's probabilities, in test order
     with mlflow_tracking_uri(mlflow_uri):
         served = mlflow.pyfunc.load_model(f"runs:/{summary['run_id']}/model")
     frame = served.predict(pd.DataFrame({"text": [text for _, text in texts(per_class=4, seed=7)]}))

@@ -19,6 +19,7 @@ from hf_models import build_tiny_bert, hf_config, prepare
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 
+from textclf.calibration import calibrated
 from textclf.config import Config, build, to_dict, validate
 from textclf.data.datamodule import TextDataModule
 from textclf.errors import TextclfError
@@ -296,7 +297,8 @@ def test_a_lora_fine_tune_trains_adapters_and_head_and_ships(
 
     processed = next((tmp_path / "cache" / "processed").iterdir())
     datamodule = TextDataModule(processed, batch_size=8, eval_batch_size=8, max_len=32)
-    expected = predict(module, datamodule)[0].softmax(dim=1)  # evaluate's probabilities, in test order
+    temperature = json.loads((tmp_path / "job" / "reports" / "metrics.json").read_text())["temperature"]
+    expected = calibrated(predict(module, datamodule)[0], temperature)  # evaluate's probabilities, in test order
     with mlflow_tracking_uri(mlflow_uri):
         served = mlflow.pyfunc.load_model(f"runs:/{summary['run_id']}/model")
         local = Path(mlflow.artifacts.download_artifacts(f"runs:/{summary['run_id']}/model", dst_path=str(tmp_path)))

@@ -64,12 +64,21 @@ def test_the_logged_model_loads_and_predicts_the_right_groups(trained) -> None:
     assert model.metadata.signature.inputs.input_names() == ["text"]
 
 
-def test_the_model_packs_what_it_needs_and_pins_its_requirements(trained, tmp_path: Path) -> None:
-    uri, run_id = trained
+def test_the_model_packs_what_it_needs_and_pins_its_requirements(run: TinyRun, tmp_path: Path) -> None:
+    uri, run_id = run.uri, run.run_id
     with mlflow_tracking_uri(uri):
         local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
     artifacts = {p.name for p in (local / "artifacts").iterdir()}
-    assert artifacts == {"model.safetensors", "hyperparameters.json", "encoder", "labels.json", "config.yaml"}
+    assert artifacts == {
+        "model.safetensors",
+        "hyperparameters.json",
+        "encoder",
+        "labels.json",
+        "config.yaml",
+        "calibration.json",
+    }
+    shipped = json.loads((local / "artifacts" / "calibration.json").read_text(encoding="utf-8"))
+    assert shipped == {"temperature": json.loads((run.cfg.paths.reports / "metrics.json").read_text())["temperature"]}
     assert not list(local.rglob("*.ckpt"))  # the weights travel as safetensors, not as a checkpoint
     hyperparameters = json.loads((local / "artifacts" / "hyperparameters.json").read_text(encoding="utf-8"))
     assert hyperparameters["model"]["_target_"] == "textclf.models.fasttext.FastText"
@@ -122,11 +131,14 @@ def downloaded_artifacts(uri: str, run_id: str, into: Path) -> dict[str, str]:
         "weights": "model.safetensors",
         "hyperparameters": "hyperparameters.json",
         "config": "config.yaml",
+        "calibration": "calibration.json",
     }
     return {name: str(local / "artifacts" / file) for name, file in files.items()}
 
 
-def test_tampered_weights_or_hyperparameters_are_refused_when_the_model_loads(trained, tmp_path: Path) -> None:
+def test_tampered_weights_hyperparameters_or_temperature_are_refused_when_the_model_loads(
+    trained, tmp_path: Path
+) -> None:
     artifacts = downloaded_artifacts(*trained, tmp_path)
     weights, hyperparameters = Path(artifacts["weights"]), Path(artifacts["hyperparameters"])
     original, values = weights.read_bytes(), json.loads(hyperparameters.read_text(encoding="utf-8"))
@@ -157,6 +169,12 @@ def test_tampered_weights_or_hyperparameters_are_refused_when_the_model_loads(tr
     with pytest.raises(TextclfError, match=r"hyperparameters\.json: refusing to load, not JSON"):
         TextclfModel().load_context(_Context(artifacts))
     hyperparameters.write_text(json.dumps(values), encoding="utf-8")
+    calibration = Path(artifacts["calibration"])
+    temperature = calibration.read_text(encoding="utf-8")
+    calibration.write_text('{"temperature": 0}', encoding="utf-8")
+    with pytest.raises(TextclfError, match=r"calibration\.json: refusing to load, the temperature must be a positive"):
+        TextclfModel().load_context(_Context(artifacts))
+    calibration.write_text(temperature, encoding="utf-8")
     TextclfModel().load_context(_Context(artifacts))  # whole again: it loads
 
 

@@ -54,6 +54,7 @@ def test_train_then_evaluate_fills_one_mlflow_run(prepared, mlflow_uri: str) -> 
     for key in METRIC_KEYS[:-1]:
         assert 0.0 <= written[key] <= 1.0
     assert written["loss"] >= 0.0
+    assert 0.0 <= written["ece_uncalibrated"] <= 1.0 and 0.0 <= written["ece_calibrated"] <= 1.0
     assert written["accuracy"] > 0.6  # three easily separated groups
     per_class = json.loads((cfg.paths.reports / "per_class.json").read_text())
     assert set(per_class) == {"rec.boats", "sci.orbits", "talk.bread"}
@@ -84,6 +85,8 @@ def test_train_then_evaluate_fills_one_mlflow_run(prepared, mlflow_uri: str) -> 
     assert len(client.get_metric_history(run.info.run_id, "val/f1_macro")) == 3
     assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 3
     assert run.data.metrics["test/accuracy"] == pytest.approx(metrics["accuracy"])
+    assert run.data.metrics["test/ece_calibrated"] == pytest.approx(metrics["ece_calibrated"])
+    assert run.data.metrics["val/temperature"] == metrics["temperature"] > 0  # fitted on validation
     artifacts = {a.path for folder in (None, "evaluation") for a in client.list_artifacts(run.info.run_id, folder)}
     # The weights are stored once, in the logged model (tests/test_serving.py), not in the run too.
     assert artifacts == {
@@ -92,6 +95,7 @@ def test_train_then_evaluate_fills_one_mlflow_run(prepared, mlflow_uri: str) -> 
         "evaluation/metrics.json",
         "evaluation/per_class.json",
         "evaluation/confusion.png",
+        "evaluation/reliability.png",
         "evaluation/per_class_f1.png",
         "evaluation/training_curves.png",
     }

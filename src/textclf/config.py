@@ -77,6 +77,12 @@ class TrainConfig(_Section):
     resume_keep_s: NonNegativeFloat | None  # a dead training's resume point is deleted after; null: never
 
 
+class CalibrationConfig(_Section):
+    """What evaluate does to the probabilities it ships (textclf.calibration)."""
+
+    method: Literal["temperature", "none"]  # temperature: T fitted on the validation split; none: T = 1
+
+
 # What each built section may name: every class or function the project builds from a config
 # section or a checkpoint's hyperparameters. Imported by name only once a name is found here.
 TARGETS = {
@@ -159,6 +165,7 @@ class Config(_Section):
     trainer: TrainerConfig
     tracking: TrackingConfig
     train: TrainConfig
+    calibration: CalibrationConfig
     paths: PathsConfig
     raw: DictConfig | None = Field(default=None, exclude=True)  # the validated input, as given
 

@@ -2,7 +2,8 @@
 
 Every metric is logged to MLflow as ``<split>/<name>``: ``train/loss_step`` and
 ``train/loss_epoch`` while training, ``val/loss``, ``val/accuracy`` and ``val/f1_macro`` after
-every validation, and ``test/<key>`` for each key of reports/metrics.json. ``train.monitor``
+every validation, and ``test/<key>`` for each key of reports/metrics.json but the temperature,
+which the validation split chose: ``val/temperature`` (``logged_name``). ``train.monitor``
 names the validation metric that selects the checkpoint (and that tune optimizes); its mode
 (higher or lower is better) follows from the metric. training_curves.csv has one column per
 epoch-level metric (CURVES); dvc.yaml's plots name those columns.
@@ -43,6 +44,11 @@ CURVE_COLUMNS = ("epoch", "step", *CURVES)
 
 # reports/metrics.json: these test scores, then the test loss and the number of test documents.
 TEST_SCORES = (ACCURACY, F1_MACRO, PRECISION_MACRO, RECALL_MACRO)
+# ... then calibration (textclf.calibration): the test split's expected calibration error
+# before and after the temperature, its loss after, and the temperature, fitted on validation.
+ECE_UNCALIBRATED, ECE_CALIBRATED = "ece_uncalibrated", "ece_calibrated"
+LOSS_CALIBRATED, TEMPERATURE = "loss_calibrated", "temperature"
+VAL_TEMPERATURE = f"{VAL_PREFIX}{TEMPERATURE}"
 
 
 def mode(monitor: str) -> Literal["max", "min"]:
@@ -53,6 +59,12 @@ def mode(monitor: str) -> Literal["max", "min"]:
 def best(monitor: str, values: list[float]) -> float:
     """The best of ``values`` of ``monitor`` (by its mode)."""
     return max(values) if mode(monitor) == "max" else min(values)
+
+
+def logged_name(key: str) -> str:
+    """A key of reports/metrics.json -> its MLflow metric: ``test/<key>``, but the temperature
+    (chosen on the validation split) is ``val/temperature``."""
+    return VAL_TEMPERATURE if key == TEMPERATURE else f"{TEST_PREFIX}{key}"
 
 
 def scores(num_classes: int) -> dict[str, Metric]:

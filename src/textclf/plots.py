@@ -1,6 +1,7 @@
-"""Two of the figures evaluate logs to MLflow: learning curves and test F1 per class.
+"""Figures evaluate logs to MLflow: learning curves, test F1 per class, the reliability diagram.
 
-Each function takes what the stages already wrote (training_curves.csv, per_class.json) and
+Each function takes what the stages compute or already wrote (training_curves.csv,
+per_class.json, textclf.calibration.reliability_bins' rows) and
 returns a matplotlib Figure made directly (``Figure()``, not ``pyplot.figure()``): pyplot keeps
 no reference to it (nothing to close) and ``fig.savefig`` renders it with any backend.
 (evaluate draws confusion.png itself, with pyplot on the Agg backend.)
@@ -68,5 +69,40 @@ def per_class_f1(per_class: dict[str, dict[str, Any]], f1_macro: float | None = 
         title += f" (dashed: macro-F1 {f1_macro:.3f})"
     ax.set(title=title, xlabel="F1", xlim=(0.0, 1.1))
     ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def reliability(
+    uncalibrated: list[dict[str, float]],
+    calibrated: list[dict[str, float]],
+    ece_uncalibrated: float,
+    ece_calibrated: float,
+    temperature: float,
+) -> Figure:
+    """The reliability diagram: each bin's accuracy against its mean confidence (the rows of
+    textclf.calibration.reliability_bins), before and after the temperature, a marker's area
+    growing with the bin's documents; a calibrated model's points lie on the dashed diagonal."""
+    fig = Figure(figsize=(5.5, 5), dpi=100)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    for rows, label, color in (
+        (uncalibrated, f"uncalibrated (ECE {ece_uncalibrated:.3f})", "tab:red"),
+        (calibrated, f"T = {temperature:.3g} (ECE {ece_calibrated:.3f})", "tab:blue"),
+    ):
+        total = sum(row["count"] for row in rows) or 1
+        confidence = [row["confidence"] for row in rows]
+        accuracy = [row["accuracy"] for row in rows]
+        ax.plot(confidence, accuracy, color=color, label=label)
+        ax.scatter(confidence, accuracy, s=[10 + 400 * row["count"] / total for row in rows], color=color, alpha=0.6)
+    ax.set(
+        title="Reliability on the test split",
+        xlabel="confidence (top probability)",
+        ylabel="accuracy",
+        xlim=(0.0, 1.02),
+        ylim=(0.0, 1.02),
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
     fig.tight_layout()
     return fig

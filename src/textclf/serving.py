@@ -13,6 +13,9 @@ Each training logs one under the artifact name ``model``; it loads anywhere MLfl
                                 encoder's vocab.txt: line i is token id i, 0 <pad>, 1 <unk>; a
                                 pretrained model's tokenizer/, as save_pretrained writes it)
   artifacts/labels.json         class names; index i is class i
+  artifacts/calibration.json    {"temperature": T}: the probabilities are softmax(logits / T), T
+                                fitted by evaluate on the validation split (1.0: calibration.method
+                                none; see textclf.calibration)
   artifacts/config.yaml         the resolved config that trained it (secrets masked, as in the run's params)
   code/textclf/                 this package, so the model runs the code it was trained with
   pyfunc_model.py               the file MLflow runs to make the model (models-from-code: no pickle)
@@ -29,6 +32,7 @@ inference would reload the model and may reach for the network.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from importlib import metadata
@@ -42,6 +46,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from textclf.calibration import calibrated
 from textclf.data.datamodule import clip_documents, tokens_kept
 from textclf.data.encoded import LABELS_FILE, read_labels
 from textclf.encoders.base import load_encoder
@@ -57,6 +62,7 @@ MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 TEXT_COLUMN, LABEL_COLUMN = "text", "label"
 ENCODER_DIR, CONFIG_FILE = "encoder", "config.yaml"
 WEIGHTS_FILE, HYPERPARAMETERS_FILE = "model.safetensors", "hyperparameters.json"
+CALIBRATION_FILE = "calibration.json"
 BATCH_SIZE = 256  # documents per forward pass
 # What the bundled code imports at prediction time (distribution names).
 REQUIREMENTS = (
@@ -108,8 +114,21 @@ def texts_of(model_input: Any) -> list[str]:
     return texts
 
 
+def read_temperature(path: Path) -> float:
+    """calibration.json -> its temperature, a positive finite number; else one line naming the file."""
+    try:
+        temperature = json.loads(path.read_text(encoding="utf-8"))["temperature"]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise TextclfError(f'{path}: refusing to load, expected {{"temperature": T}} ({error!r:.80})') from error
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise TextclfError(
+            f"{path}: refusing to load, the temperature must be a positive number (got {temperature!r:.40})"
+        )
+    return float(temperature)
+
+
 class TextclfModel(mlflow.pyfunc.PythonModel):
-    """Raw text -> the encoder preprocess used -> the trained classifier -> probabilities.
+    """Raw text -> the encoder preprocess used -> the trained classifier -> calibrated probabilities.
 
     Made by pyfunc_model.py, with no state; ``load_context`` reads every artifact into memory
     (the model directory can be removed once it returns)."""
@@ -120,15 +139,17 @@ class TextclfModel(mlflow.pyfunc.PythonModel):
         self.labels: list[str] = json.loads(artifacts["labels"].read_text(encoding="utf-8"))
         self.module = load_shipped(artifacts["weights"], artifacts["hyperparameters"]).eval()
         self.max_len = tokens_kept(self.module.hparams.model)  # tokens kept per document, as in training
+        self.temperature = read_temperature(artifacts["calibration"])
 
     @torch.inference_mode()
     def probabilities(self, texts: list[str]) -> torch.Tensor:
-        """-> (N, C) float32 softmax over the classes, in batches of BATCH_SIZE documents."""
+        """-> (N, C) float32 softmax(logits / temperature) over the classes (evaluate's
+        calibrated probabilities), in batches of BATCH_SIZE documents."""
         chunks = [torch.zeros(0, len(self.labels))]
         for start in range(0, len(texts), BATCH_SIZE):
             encoded = self.encoder.encode(texts[start : start + BATCH_SIZE])
             batch = clip_documents(encoded["tokens"], encoded["offsets"], encoded["lengths"], self.max_len)
-            chunks.append(self.module(batch).float().softmax(dim=1))  # (B, C)
+            chunks.append(calibrated(self.module(batch).float(), self.temperature))  # (B, C)
         return torch.cat(chunks)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -172,41 +193,50 @@ def model_requirements(model: dict[str, Any]) -> tuple[str, ...]:
     return ("peft",) if isinstance(lora, dict) and lora.get("r") is not None else ()
 
 
-def pack(staging: Path, checkpoint: Path, processed: Path, config: dict[str, Any]) -> dict[str, str]:
+def pack(
+    staging: Path, checkpoint: Path, processed: Path, config: dict[str, Any], temperature: float
+) -> dict[str, str]:
     """Writes the model's files into ``staging``; returns {artifact name: path} for MLflow.
 
     The checkpoint is loaded (so checked) and written as safetensors weights and JSON
     hyperparameters; the encoder is loaded from ``processed`` and saved again (so only an
     encoder that loads is shipped, with exactly the files it reads back: a pretrained
     tokenizer's files, never the model's directory, whose weights are the checkpoint's);
-    ``config`` is saved with secrets masked."""
+    ``config`` is saved with secrets masked; ``temperature`` (evaluate's) as calibration.json."""
+    if not 0 < temperature < math.inf:
+        raise TextclfError(f"temperature {temperature}: must be a positive number to ship the model")
     files = {
         "weights": WEIGHTS_FILE,
         "hyperparameters": HYPERPARAMETERS_FILE,
         "encoder": ENCODER_DIR,
         "labels": LABELS_FILE,
         "config": CONFIG_FILE,
+        "calibration": CALIBRATION_FILE,
     }
     (staging / ENCODER_DIR).mkdir()
     load_encoder(processed).save(staging / ENCODER_DIR)
     (staging / CONFIG_FILE).write_text(yaml.safe_dump(shareable_config(config), sort_keys=False), encoding="utf-8")
     shutil.copyfile(processed / LABELS_FILE, staging / LABELS_FILE)
+    (staging / CALIBRATION_FILE).write_text(json.dumps({"temperature": temperature}) + "\n", encoding="utf-8")
     save_shipped(checkpoint, staging / WEIGHTS_FILE, staging / HYPERPARAMETERS_FILE)
     return {name: str(staging / file) for name, file in files.items()}
 
 
-def log_model(uri: str, run_id: str, checkpoint: Path, processed: Path, config: dict[str, Any]) -> str:
+def log_model(
+    uri: str, run_id: str, checkpoint: Path, processed: Path, config: dict[str, Any], temperature: float
+) -> str:
     """Logs the pyfunc model to run ``run_id`` as ``model``; returns its URI (runs:/<id>/model).
 
     ``checkpoint`` is the best checkpoint, ``processed`` the directory holding the encoder
     and labels it was trained on (as preprocess saved them), ``config`` the resolved config
-    that trained it (shipped as config.yaml)."""
+    that trained it (shipped as config.yaml), ``temperature`` the one evaluate fitted on the
+    validation split (textclf.calibration; 1.0 ships the softmax as trained)."""
     labels = read_labels(processed)
     if LABEL_COLUMN in labels:
         raise TextclfError(f"a class is named '{LABEL_COLUMN}', which clashes with the prediction column")
     package = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix="textclf-model-") as tmp:
-        artifacts = pack(Path(tmp), checkpoint, processed, config)
+        artifacts = pack(Path(tmp), checkpoint, processed, config, temperature)
         encoder = load_encoder(Path(artifacts["encoder"]))
         requirements = pip_requirements((*encoder.requirements, *model_requirements(config["model"])))
         code = Path(tmp) / "code" / package.name  # the package, without bytecode caches

@@ -161,7 +161,8 @@ class TextDataModule(pl.LightningDataModule):
         return len(self.labels)
 
     def setup(self, stage: str | None = None) -> None:
-        names = ("test",) if stage == "test" else ("train", "val")
+        # Lightning's stage names: test and validate need one split (evaluate calibrates on val).
+        names = {"test": ("test",), "validate": ("val",)}.get(stage or "fit", ("train", "val"))
         for name in names:
             if name not in self.splits:
                 self.splits[name] = EncodedSplit.load(self.processed / f"{name}.pt")

@@ -1,11 +1,18 @@
 """Stage 4: score the best checkpoint on the test split; the only stage that reads test labels.
 
-Writes ``<paths.reports>/``: metrics.json (DVC metrics), per_class.json, confusion.csv
-(DVC confusion plot), per_class_f1.csv (DVC bar plot) and confusion.png; completes the MLflow
-run that trained the checkpoint with the test metrics and reports, PNGs of the per-class F1
-and of the learning curves (from training_curves.csv), and the shipped model
+Calibrates first (textclf.calibration, ``calibration.method``): a temperature T fitted on the
+validation split's logits; the test split then measures the probabilities before and after.
+
+Writes ``<paths.reports>/``: metrics.json (DVC metrics: the test scores, the expected
+calibration error before and after T, and T), per_class.json, confusion.csv (DVC confusion
+plot), per_class_f1.csv (DVC bar plot), confusion.png, reliability_uncalibrated.csv and
+reliability_calibrated.csv (DVC plot: each bin's confidence against its accuracy) and
+reliability.png (the reliability diagram); completes the MLflow run that trained the
+checkpoint with the test metrics (and ``val/temperature``) and reports, PNGs of the per-class
+F1 and of the learning curves (from training_curves.csv), and the shipped model
 (``runs:/<id>/model``, see textclf.serving): the checkpoint, the encoder and labels of
-``<paths.processed>/`` and the config that trained it (``<paths.models>/config.yaml``).
+``<paths.processed>/``, the config that trained it (``<paths.models>/config.yaml``) and T, so
+it returns the calibrated probabilities.
 """
 
 from __future__ import annotations
@@ -22,11 +29,28 @@ import yaml
 from torch.nn import functional as F
 
 from textclf.atomic import write_files
+from textclf.calibration import (
+    calibrated,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_bins,
+    reliability_csv,
+)
 from textclf.config import MODEL_SECTIONS, Config, load_params
 from textclf.data.datamodule import TextDataModule, tokens_kept
 from textclf.errors import TextclfError, run_cli
 from textclf.hashing import file_sha256
-from textclf.metrics import F1_MACRO, LOSS, TEST_PREFIX, TEST_SCORES, evaluation_metrics
+from textclf.metrics import (
+    ECE_CALIBRATED,
+    ECE_UNCALIBRATED,
+    F1_MACRO,
+    LOSS,
+    LOSS_CALIBRATED,
+    TEMPERATURE,
+    TEST_SCORES,
+    evaluation_metrics,
+    logged_name,
+)
 from textclf.models.checkpoint import load_checkpoint
 from textclf.models.classifier import TextClassifier
 from textclf.outputs import CHECKPOINT_NAME, CURVES_FILE, RUN_FILE
@@ -46,17 +70,24 @@ from textclf.tracking import (
 METRICS_FILE, PER_CLASS_FILE = "metrics.json", "per_class.json"
 CONFUSION_CSV, CONFUSION_PNG = "confusion.csv", "confusion.png"
 PER_CLASS_F1_CSV = "per_class_f1.csv"  # class,f1: the DVC bar plot
+# The reliability diagram's bins (textclf.calibration.RELIABILITY_COLUMNS), as DVC plots them,
+# and drawn (also logged to MLflow).
+RELIABILITY_CSVS = {"uncalibrated": "reliability_uncalibrated.csv", "calibrated": "reliability_calibrated.csv"}
+RELIABILITY_PNG = "reliability.png"
 # Logged to MLflow only (evaluation/), drawn from the reports.
 PER_CLASS_F1_PNG, CURVES_PNG = "per_class_f1.png", "training_curves.png"
 
 
 @torch.inference_mode()
-def predict(module: TextClassifier, datamodule: TextDataModule) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> logits (N, C), labels (N,) for the whole test split."""
+def predict(
+    module: TextClassifier, datamodule: TextDataModule, split: str = "test"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> logits (N, C) float32, labels (N,) for the whole ``split`` ("test" or "val"), in order."""
     module.eval()
-    datamodule.setup("test")
+    datamodule.setup("test" if split == "test" else "validate")
+    loader = datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()
     logits, labels = [], []
-    for batch in datamodule.test_dataloader():
+    for batch in loader:
         logits.append(module(batch).float())
         labels.append(batch["labels"])
     return torch.cat(logits), torch.cat(labels)
@@ -89,10 +120,20 @@ def confusion_png(confusion: torch.Tensor, names: list[str]) -> bytes:
     return buffer.getvalue()
 
 
+def calibration_temperature(cfg: Config, module: TextClassifier, datamodule: TextDataModule) -> float:
+    """-> the temperature ``cfg.calibration.method`` ships: fitted on the validation split's
+    logits (rounded to 6 decimals, as metrics.json records it and the shipped model uses it),
+    or 1.0 for none. The test split is never read here."""
+    if cfg.calibration.method == "none":
+        return 1.0
+    return round(fit_temperature(*predict(module, datamodule, split="val")), 6)
+
+
 def evaluate(
     cfg: Config, processed: Path, models_dir: Path, reports_dir: Path, run_id: str | None = None
 ) -> dict[str, float]:
-    """Scores the test split once; returns the metrics written to metrics.json.
+    """Calibrates on the validation split, then scores the test split once; returns the
+    metrics written to metrics.json.
 
     The checkpoint must be the one its MLflow run trained (its sha256, recorded by train in
     mlflow_run.json and as a tag of the run) and, given ``run_id`` (a pipeline job evaluating
@@ -128,6 +169,7 @@ def evaluate(
         max_len=tokens_kept(module.hparams.model),
     )
     names = datamodule.labels
+    temperature = calibration_temperature(cfg, module, datamodule)  # before the test split is read
     logits, labels = predict(module, datamodule)
     scores = evaluation_metrics(len(names))(logits, labels)
     metrics = {key: round(float(scores[key]), 6) for key in TEST_SCORES}
@@ -138,6 +180,14 @@ def evaluate(
     # nor predicted (no true or false positive, no false negative): say which classes count.
     counted = (support + torch.bincount(logits.argmax(dim=1), minlength=len(names))) > 0
     metrics["macro_classes"] = int(counted.sum())
+    # Calibration, measured on the test split: the predicted classes (so every score above)
+    # are the same at any temperature; only the probabilities change.
+    probabilities = {"uncalibrated": logits.softmax(dim=1), "calibrated": calibrated(logits, temperature)}
+    metrics[ECE_UNCALIBRATED] = round(expected_calibration_error(probabilities["uncalibrated"], labels), 6)
+    metrics[ECE_CALIBRATED] = round(expected_calibration_error(probabilities["calibrated"], labels), 6)
+    metrics[LOSS_CALIBRATED] = round(float(F.cross_entropy(logits / temperature, labels)), 6)
+    metrics[TEMPERATURE] = temperature
+    bins = {name: reliability_bins(p, labels) for name, p in probabilities.items()}
     per_class = {
         name: {
             "precision": round(float(scores["precision"][i]), 6),
@@ -153,6 +203,7 @@ def evaluate(
     writer.writerow(["actual", "predicted"])
     writer.writerows((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist()))
     png = confusion_png(scores["confusion"].cpu(), names)
+    reliability = reliability_png(bins, metrics)
 
     # Everything is computed before the first write; the reports are written as one (all staged,
     # then renamed), so a failure leaves none of them changed.
@@ -165,12 +216,31 @@ def evaluate(
             reports_dir / CONFUSION_CSV: rows.getvalue().encode(),
             reports_dir / PER_CLASS_F1_CSV: per_class_f1_csv(per_class).encode(),
             reports_dir / CONFUSION_PNG: png,
+            **{reports_dir / RELIABILITY_CSVS[name]: reliability_csv(rows).encode() for name, rows in bins.items()},
+            reports_dir / RELIABILITY_PNG: reliability,
             reports_dir / METRICS_FILE: _json_bytes(summary),
         }
     )
     with store_errors(uri):
         log_to_run(cfg, models_dir, processed, metrics, reports_dir, reference)
     return metrics
+
+
+def reliability_png(bins: dict[str, list[dict[str, float]]], metrics: dict[str, float]) -> bytes:
+    """The reliability diagram (textclf.plots.reliability) of reliability_bins' rows before
+    and after calibration, as PNG bytes."""
+    from textclf import plots
+
+    figure = plots.reliability(
+        bins["uncalibrated"],
+        bins["calibrated"],
+        metrics[ECE_UNCALIBRATED],
+        metrics[ECE_CALIBRATED],
+        metrics[TEMPERATURE],
+    )
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def _json_bytes(data: object) -> bytes:
@@ -234,16 +304,18 @@ def log_to_run(
     # Every write is retried while SQLite says "database is locked" (parallel jobs, one store).
     store.log_batch(
         run_id,
-        metrics=[Metric(f"{TEST_PREFIX}{key}", float(value), timestamp, 0) for key, value in metrics.items()],
+        metrics=[Metric(logged_name(key), float(value), timestamp, 0) for key, value in metrics.items()],
     )
     with artifact_store_errors(logged):
-        for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG):
+        for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG, RELIABILITY_PNG):
             store.log_artifact(run_id, str(reports_dir / name), artifact_path="evaluation")
         log_figures(store, run_id, reports_dir, metrics[F1_MACRO])
         # The config that trained the checkpoint (secrets masked, as train wrote it), not this
-        # stage's params; the encoder ships from ``processed``, as preprocess saved it.
+        # stage's params; the encoder ships from ``processed``, as preprocess saved it, and the
+        # temperature evaluate fitted, so the model serves the calibrated probabilities.
         config = yaml.safe_load((models_dir / "config.yaml").read_text(encoding="utf-8"))
-        log_model(store.uri, run_id, models_dir / f"{CHECKPOINT_NAME}.ckpt", processed, config)  # runs:/<id>/model
+        checkpoint = models_dir / f"{CHECKPOINT_NAME}.ckpt"
+        log_model(store.uri, run_id, checkpoint, processed, config, metrics[TEMPERATURE])  # runs:/<id>/model
     if store.get_run(run_id).info.status == "RUNNING":
         store.set_terminated(run_id)
 
