@@ -172,7 +172,7 @@ def test_members_of_other_data_or_classes_fail_in_one_line(members: list[TinyRun
 
 
 def test_an_unknown_run_or_missing_raw_data_fails_in_one_line(
-    members: list[TinyRun], store: str, tmp_path: Path, capsys: pytest.CaptureFixture
+    members: list[TinyRun], ensembled: dict, store: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--run-id", members[0].run_id, "--run-id", "0123456789abcdef", "--tracking-uri", store])
@@ -183,6 +183,8 @@ def test_an_unknown_run_or_missing_raw_data_fails_in_one_line(
     with pytest.raises(TextclfError, match=r"source\.json: not found, .*give --raw") as error:
         ensemble(uris, store, tmp_path / "summary.json", raw=tmp_path / "nowhere")
     assert "\n" not in str(error.value)
+    with pytest.raises(TextclfError, match="an ensemble is no member"):
+        ensemble([uris[0], ensembled["model_uri"]], store, tmp_path / "summary.json")
     with pytest.raises(SystemExit) as exit_info:
         main(["--run-id", members[0].run_id])
     assert exit_info.value.code == 2 and "at least two members" in capsys.readouterr().err
@@ -192,9 +194,23 @@ def test_the_cli_writes_the_summary_where_it_is_told(
     members: list[TinyRun], store: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     summary = tmp_path / "out" / "ensemble.json"
-    ids = [arg for run in members for arg in ("--run-id", run.run_id)]
+    version = register(members[0].run_id, store, name="member-a", alias=None)
+    ids = ["--model-uri", f"models:/member-a/{version}", "--run-id", members[1].run_id]
     main([*ids, "--tracking-uri", store, "--summary", str(summary), "--combine", "log", "--run-name", "mine"])
     written = json.loads(summary.read_text(encoding="utf-8"))
     assert written["combine"] == "log" and list(written["val_loss_by_combination"]) == ["log"]
+    assert [member["run_id"] for member in written["members"]] == [run.run_id for run in members]
     assert capsys.readouterr().out.startswith(f"ensemble: runs:/{written['run_id']}/model (log of 2 members")
     assert MlflowClient(store).get_run(written["run_id"]).info.run_name == "mine"
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_with_the_ensemble(ensembled: dict, store: str, tmp_path: Path) -> None:
+    from test_serving import post, served_model
+
+    with served_model(ensembled["model_uri"], store, tmp_path) as base:
+        body = json.dumps({"dataframe_records": [{"text": text} for text in TEXTS.values()]})
+        status, answer = post(f"{base}/invocations", body.encode())
+    assert status == 200, answer
+    assert [row["label"] for row in answer["predictions"]] == list(TEXTS)
+    assert all(sum(row[name] for name in LABELS) == pytest.approx(1.0, abs=1e-9) for row in answer["predictions"])

@@ -224,7 +224,8 @@ def fetch_member(model_uri: str, tracking_uri: str, into: Path) -> Member:
     config, labels = local / CONFIG_ARTIFACT, local / MEMBER_LABELS_ARTIFACT
     if not config.is_file() or not labels.is_file():
         raise TextclfError(
-            f"{model_uri}: not a textclf model (it has no {CONFIG_ARTIFACT} or {MEMBER_LABELS_ARTIFACT})"
+            f"{model_uri}: not a model a training logged (it has no {CONFIG_ARTIFACT}; an ensemble is no member: "
+            "give its members)"
         )
     return Member(
         model_uri,
