@@ -35,6 +35,7 @@ import math
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -426,7 +427,7 @@ def log_ensemble(
             metrics |= {f"member{i}/{split}/{key}": v for split in ("val", "test") for key, v in member[split].items()}
         store.log_batch(
             run_id,
-            metrics=[Metric(key, float(value), 0, 0) for key, value in metrics.items()],
+            metrics=[Metric(key, float(value), int(1000 * time.time()), 0) for key, value in metrics.items()],
             params=[Param(key, str(value)) for key, value in params.items()],
         )
         (staging / "evaluation").mkdir()
