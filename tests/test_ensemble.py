@@ -122,6 +122,37 @@ def test_the_weights_come_from_the_validation_split_alone(
     assert again["test"]["accuracy"] != ensembled["test"]["accuracy"]
 
 
+@pytest.mark.parametrize("split_seed", [0, 1])
+def test_the_held_out_texts_read_again_are_the_documents_preprocess_wrote(tmp_path: Path, split_seed: int) -> None:
+    # A folder without splits: test and validation are both held out (stratified, seeded).
+    from textclf.config import validate
+    from textclf.data.encoded import EncodedSplit
+    from textclf.data.splits import read_held_out
+    from textclf.encoders.base import load_encoder
+    from textclf.params import compose
+    from textclf.stages.download import download
+    from textclf.stages.preprocess import preprocess
+
+    from conftest import REPO_ROOT
+    from corpora import texts, write_folder
+
+    corpus = write_folder(tmp_path / "corpus", texts(per_class=20))
+    paths = [f"paths.{name}={tmp_path / name}" for name in ("raw", "processed", "cache")]
+    overrides = ["data=folder", f"data.path={corpus}", f"data.split_seed={split_seed}", "encoder.min_freq=1"]
+    cfg = validate(compose([*overrides, *paths], root=REPO_ROOT))
+    download(cfg, cfg.paths.raw, progress=False)
+    preprocess(cfg, cfg.paths.raw, cfg.paths.processed, parallel=False)
+    held = read_held_out(cfg.data, cfg.paths.raw)
+    encoder = load_encoder(cfg.paths.processed)
+    for name in ("val", "test"):
+        written = EncodedSplit.load(cfg.paths.processed / f"{name}.pt")
+        encoded = encoder.encode(held.texts[name])
+        assert torch.equal(encoded["tokens"], written.tokens.long())
+        assert torch.equal(encoded["offsets"], written.offsets[:-1])
+        assert held.labels[name].tolist() == written.labels.tolist()
+    assert (len(held.texts["val"]), len(held.texts["test"])) == (6, 12)
+
+
 def test_fitted_weights_are_deterministic_on_the_simplex_and_drop_a_useless_member() -> None:
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 4, (200,), generator=generator)
