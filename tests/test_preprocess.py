@@ -33,13 +33,12 @@ from textclf.data.encoded import (
     stratified_holdout,
 )
 from textclf.data.sources.base import RECORD_FILE, Example
+from textclf.data.splits import class_order, make_splits
 from textclf.encoders.base import ENCODER_FILE
 from textclf.errors import TextclfError
 from textclf.stages.download import download
 from textclf.stages.preprocess import (
     FORMAT_VERSION,
-    class_order,
-    make_splits,
     preprocess,
     read_corpus,
     second_process,
@@ -475,7 +474,8 @@ def splits_of(cfg: Config, examples: list[Example]):
     classes = class_order(corpus.labels)
     position = {name: i for i, name in enumerate(classes)}
     label_ids = np.array([position[corpus.labels[code]] for code in corpus.label_codes], dtype=np.int64)
-    return make_splits(corpus, label_ids, cfg, classes), label_ids
+    codes = np.frombuffer(bytes(corpus.splits), dtype=np.uint8)
+    return make_splits(codes, label_ids, cfg.data, classes), label_ids
 
 
 def test_a_source_without_splits_gets_seeded_stratified_test_and_validation_hold_outs(tiny_config) -> None:

@@ -27,10 +27,13 @@ class TinyRun:
     run_id: str
 
 
-def tiny_run(root: Path, archive: Path, sha256: str, *overrides: str, evaluated: bool = True) -> TinyRun:
+def tiny_run(
+    root: Path, archive: Path, sha256: str, *overrides: str, evaluated: bool = True, uri: str | None = None
+) -> TinyRun:
     """Downloads, preprocesses and trains (3 epochs) under ``root``, then evaluates, which
-    logs the shipped model (runs:/<id>/model), unless ``evaluated`` is False."""
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    logs the shipped model (runs:/<id>/model), unless ``evaluated`` is False. The run goes to
+    the store ``uri`` (default: one of its own, <root>/mlflow.db)."""
+    uri = uri if uri is not None else f"sqlite:///{root / 'mlflow.db'}"
     paths = [f"paths.{name}={root / name}" for name in ("raw", "processed", "models", "reports", "cache")]
     cfg = validate(
         compose(

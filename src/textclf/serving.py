@@ -234,12 +234,24 @@ def log_model(
     labels = read_labels(processed)
     if LABEL_COLUMN in labels:
         raise TextclfError(f"a class is named '{LABEL_COLUMN}', which clashes with the prediction column")
-    package = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix="textclf-model-") as tmp:
         artifacts = pack(Path(tmp), checkpoint, processed, config, temperature)
         encoder = load_encoder(Path(artifacts["encoder"]))
         requirements = pip_requirements((*encoder.requirements, *model_requirements(config["model"])))
-        code = Path(tmp) / "code" / package.name  # the package, without bytecode caches
+        log_pyfunc(uri, run_id, MODEL_CODE, artifacts, labels, requirements)
+    return f"runs:/{run_id}/{MODEL_NAME}"
+
+
+def log_pyfunc(
+    uri: str, run_id: str, code_file: Path, artifacts: dict[str, str], labels: list[str], requirements: list[str]
+) -> None:
+    """Logs a models-from-code pyfunc to run ``run_id`` as ``model`` (runs:/<id>/model):
+    ``code_file`` (pyfunc_model.py, or the ensemble's) names the model class, ``artifacts``
+    {name: path} are the files it loads, with this package as its code and the signature of
+    ``labels`` (text in; label and one probability per class out)."""
+    package = Path(__file__).resolve().parent
+    with tempfile.TemporaryDirectory(prefix="textclf-code-") as tmp:
+        code = Path(tmp) / package.name  # the package, without bytecode caches
         shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         try:
             with mlflow_tracking_uri(uri):  # model logging reads MLflow's process-wide tracking URI
@@ -262,7 +274,7 @@ def log_model(
                     flavor=mlflow.pyfunc,
                     run_id=run_id,
                     model_id=model.model_id,
-                    python_model=str(MODEL_CODE),
+                    python_model=str(code_file),
                     artifacts=artifacts,
                     code_paths=[str(code)],
                     signature=signature(labels),
@@ -273,4 +285,3 @@ def log_model(
             raise TextclfError(
                 f"cannot log the model to run {run_id} in {mask_userinfo(uri)}: {first_line(error)}"
             ) from error
-    return f"runs:/{run_id}/{MODEL_NAME}"

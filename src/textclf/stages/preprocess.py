@@ -18,7 +18,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import re
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -31,8 +30,9 @@ import torch
 
 from textclf.atomic import staged_dir, write_json
 from textclf.config import DATA_SECTIONS, Config, load_params
-from textclf.data.encoded import LABELS_FILE, MANIFEST_FILE, EncodedSplit, TokenIds, stratified_holdout
-from textclf.data.sources.base import RECORD_FILE, TEST, TRAIN, VALIDATION, Example, build_source
+from textclf.data.encoded import LABELS_FILE, MANIFEST_FILE, EncodedSplit, TokenIds
+from textclf.data.sources.base import RECORD_FILE, Example, build_source
+from textclf.data.splits import SPLIT_CODES, Splits, class_indices, make_splits
 from textclf.encoders.base import ENCODER_FILE, TextEncoder, build_encoder
 from textclf.encoders.regex import RegexEncoder
 from textclf.errors import TextclfError, run_cli
@@ -48,7 +48,6 @@ FORMAT_VERSION = 2  # bump when the processed layout or tokenization changes
 RESERVED_CLASS_NAMES = ("label", "probability")
 CHUNK_DOCUMENTS = 2048  # documents tokenized per task of the second process
 CHUNK_TOKENS = 1 << 24  # token ids counted or mapped at a time (bounds numpy's int64 temporaries)
-_SPLIT_CODES = {TRAIN: 0, None: 0, VALIDATION: 1, TEST: 2}
 
 
 def read_record(raw_dir: Path) -> dict | None:
@@ -70,7 +69,7 @@ class Corpus:
     lengths: list[np.ndarray] = field(default_factory=list)  # int64 tokens per document, per chunk
     labels: list[str] = field(default_factory=list)  # label names, first-seen order
     label_codes: list[int] = field(default_factory=list)  # (N,) index into labels
-    splits: bytearray = field(default_factory=bytearray)  # (N,) _SPLIT_CODES
+    splits: bytearray = field(default_factory=bytearray)  # (N,) SPLIT_CODES (textclf.data.splits)
     unsplit: int = 0  # documents the source gave no split
     digests: list[bytes] = field(default_factory=list)  # (N,) 16-byte hash of each text (duplicates)
     fallbacks: int = 0  # documents decoded as Latin-1 (not valid in the source's encoding)
@@ -129,7 +128,7 @@ def _chunks(examples: Iterable[Example], corpus: Corpus) -> Iterator[list[str]]:
             code = label_index[example.label] = len(corpus.labels)
             corpus.labels.append(example.label)
         corpus.label_codes.append(code)
-        corpus.splits.append(_SPLIT_CODES[example.split])
+        corpus.splits.append(SPLIT_CODES[example.split])
         corpus.unsplit += example.split is None
         corpus.fallbacks += example.fallback
         corpus.empty += not example.text
@@ -202,14 +201,6 @@ def _read_final_ids(examples: Iterable[Example], encoder: TextEncoder) -> Corpus
 # --- labels and splits ---------------------------------------------------------------------
 
 
-def class_order(labels: Iterable[str]) -> list[str]:
-    """Sorted; numerically when every label is an integer ("2" before "10")."""
-    labels = list(labels)
-    if labels and all(re.fullmatch(r"[+-]?\d+", label) for label in labels):
-        return sorted(labels, key=lambda label: (int(label), label))
-    return sorted(labels)
-
-
 def check_class_names(classes: list[str]) -> None:
     """Class names become column names and plot labels: each must be valid UTF-8 (a tar member
     name may carry surrogate escapes), not empty, and not a reserved column name."""
@@ -228,50 +219,6 @@ def check_class_names(classes: list[str]) -> None:
                 f"class '{name}': a class may not be named '{name}', which is a column of the model's output "
                 "(rename the folder or the label)"
             )
-
-
-def _holdout(labels: np.ndarray, pool: np.ndarray, fraction: float, seed: int, key: str, classes: list[str]):
-    """Indices ``pool`` split into (kept, held out): stratified, ``fraction`` of each class held out."""
-    counts = np.bincount(labels[pool], minlength=len(classes))
-    few = np.flatnonzero((counts > 0) & (counts < 2))
-    if few.size:
-        name, count = classes[int(few[0])], int(counts[few[0]])
-        raise TextclfError(
-            f"class '{name}' has {count} document, too few to hold out a {key.split('_')[0]} split "
-            f"(data.{key}={fraction}): add documents of it, or give the source its own {key.split('_')[0]} split"
-        )
-    kept, held = stratified_holdout(labels[pool].tolist(), fraction, seed)
-    return pool[kept], pool[held]
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: np.ndarray  # document indices, ascending
-    val: np.ndarray
-    test: np.ndarray
-    how: dict[str, str]  # per split: "source" or the hold-out that made it
-
-
-def make_splits(corpus: Corpus, label_ids: np.ndarray, cfg: Config, classes: list[str]) -> Splits:
-    """The source's splits, with test and validation held out where it has none."""
-    data = cfg.data
-    codes = np.frombuffer(bytes(corpus.splits), dtype=np.uint8)
-    pool, val, test = (np.flatnonzero(codes == code) for code in (0, 1, 2))
-    how = {"train": "source", "val": "source", "test": "source"}
-    if test.size == 0:
-        pool, test = _holdout(label_ids, pool, data.test_fraction, data.split_seed, "test_fraction", classes)
-        how["test"] = f"held out: data.test_fraction={data.test_fraction}, data.split_seed={data.split_seed}"
-    if val.size == 0:
-        pool, val = _holdout(label_ids, pool, data.val_fraction, data.split_seed, "val_fraction", classes)
-        how["val"] = f"held out: data.val_fraction={data.val_fraction}, data.split_seed={data.split_seed}"
-        if val.size == 0:
-            largest = int(np.bincount(label_ids[pool]).max())
-            raise TextclfError(
-                f"data.val_fraction={data.val_fraction} holds out no validation document from {pool.size} "
-                f"training documents in {len(classes)} classes (at most {largest} per class); "
-                f"set data.val_fraction to at least {1 / largest:.2g}"
-            )
-    return Splits(np.sort(pool), np.sort(val), np.sort(test), how)
 
 
 def count_duplicates(corpus: Corpus, splits: Splits) -> dict[str, int]:
@@ -356,11 +303,9 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True)
     corpus = read_corpus(source.read(raw_dir), encoder, parallel)
     if len(corpus) == 0:
         raise TextclfError(f"{cfg.data.corpus}: the source holds no documents")
-    classes = class_order(corpus.labels)
+    classes, label_ids = class_indices(corpus.labels, corpus.label_codes)
     check_class_names(classes)
-    position = {name: i for i, name in enumerate(classes)}
-    label_ids = np.array([position[name] for name in corpus.labels], dtype=np.int64)[corpus.label_codes]
-    splits = make_splits(corpus, label_ids, cfg, classes)
+    splits = make_splits(np.frombuffer(bytes(corpus.splits), dtype=np.uint8), label_ids, cfg.data, classes)
     warnings = check_splits(corpus, splits, label_ids, classes)
     duplicates = count_duplicates(corpus, splits)
 

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 from textclf.errors import TextclfError
 
 if TYPE_CHECKING:
-    from textclf.config import Config
+    from textclf.config import Config, DataConfig
 
 # Split names an example may carry; None: the source does not split (preprocess holds out
 # the test and validation documents, stratified and seeded).
@@ -132,9 +132,13 @@ def fetch_url(
 
 def build_source(cfg: Config, downloads: Path | None = None) -> DataSource:
     """The source ``cfg.data`` names, with its limits (and ``downloads``: see DataSource)."""
+    return source_of(cfg.data, downloads)
+
+
+def source_of(data: DataConfig, downloads: Path | None = None) -> DataSource:
+    """The source the data section ``data`` names (a run's, read back from its config.yaml)."""
     from textclf.config import build
 
-    data = cfg.data
     limits = Limits(data.max_document_bytes, data.max_archive_bytes, data.max_download_bytes)
     return build("data", data.source_options, limits=limits, downloads=downloads)
 
