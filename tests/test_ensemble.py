@@ -56,9 +56,8 @@ def test_the_ensemble_is_one_new_run_whose_model_predicts_like_a_single_runs(
     assert run.data.tags["ensemble.members"] == ",".join(m.run_id for m in members)
     assert run.data.params["ensemble.combine"] == ensembled["combine"] in (MEAN, LOG)
     assert run.data.metrics["test/accuracy"] == ensembled["test"]["accuracy"]
-    assert {"test/f1_macro", "test/loss", "val/loss", "member0/test/accuracy", "member1/test/accuracy"} <= set(
-        run.data.metrics
-    )
+    logged = {"test/f1_macro", "test/loss", "test/ece", "val/loss", "member0/test/accuracy", "member1/test/accuracy"}
+    assert logged <= set(run.data.metrics)
     frame = predict(ensembled["model_uri"], list(TEXTS.values()), store)
     single = predict(run_model_uri(members[0].run_id), list(TEXTS.values()), store)
     assert list(frame.columns) == list(single.columns) == ["label", "probability", *LABELS]

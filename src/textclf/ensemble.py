@@ -122,12 +122,15 @@ def fit(probabilities: torch.Tensor, labels: torch.Tensor, how: str | None = Non
 
 
 def scores(probabilities: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """(N, C) probabilities, (N,) labels -> accuracy, macro-F1 (as evaluate scores them) and NLL."""
-    from textclf.metrics import LOSS
+    """(N, C) probabilities, (N,) labels -> accuracy, macro-F1 (as evaluate scores them), NLL
+    and the expected calibration error (``ece``, evaluate's 15 bins)."""
+    from textclf.calibration import expected_calibration_error
+    from textclf.metrics import ECE, LOSS
     from textclf.metrics import scores as metric_objects
 
     found = {name: metric(probabilities, labels) for name, metric in metric_objects(probabilities.shape[1]).items()}
     found[LOSS] = nll(probabilities, labels)
+    found[ECE] = expected_calibration_error(probabilities.float(), labels)
     return {name: round(float(value), 6) for name, value in found.items()}
 
 

@@ -48,6 +48,7 @@ TEST_SCORES = (ACCURACY, F1_MACRO, PRECISION_MACRO, RECALL_MACRO)
 # before and after the temperature, its loss after, and the temperature, fitted on validation.
 ECE_UNCALIBRATED, ECE_CALIBRATED = "ece_uncalibrated", "ece_calibrated"
 LOSS_CALIBRATED, TEMPERATURE = "loss_calibrated", "temperature"
+ECE = "ece"  # of probabilities as they are (an ensemble's: textclf.ensemble)
 VAL_TEMPERATURE = f"{VAL_PREFIX}{TEMPERATURE}"
 
 
