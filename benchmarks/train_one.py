@@ -4,7 +4,7 @@
     python -m benchmarks.train_one stage --params P.yaml
     python -m benchmarks.train_one bare --params P.yaml
 
-pipeline: train (with the per-epoch test probe), then evaluate, for the model rows; stage: the
+pipeline: train (with the per-epoch test probe if asked), then evaluate, for the model rows; stage: the
 train stage as `dvc repro` runs it (its main(): params.yaml in, models/ out, nothing shipped:
 evaluate logs the model), timed from after its imports, as the bare loop is.
 """
@@ -24,6 +24,8 @@ from textclf.config import load_params
 from textclf.data.encoded import EncodedSplit
 
 THRESHOLDS = (0.80, 0.84, 0.86, 0.88)
+# reports/metrics.json's calibration figures (textclf.calibration), copied into the result.
+CALIBRATION_KEYS = ("ece_uncalibrated", "ece_calibrated", "temperature", "loss", "loss_calibrated")
 
 
 class TestAccuracyPerEpoch(pl.Callback):
@@ -95,14 +97,17 @@ def main() -> None:
         summary = train(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports, callbacks=callbacks)
         seconds = time.perf_counter() - started
         train_docs = len(EncodedSplit.load(cfg.paths.processed / "train.pt"))
-        result.update(seconds=seconds, epochs=summary.epochs, best_score=summary.best_score)
+        result.update(seconds=seconds, epochs=summary.epochs, best_score=summary.best_score, run_id=summary.run_id)
+        # Without the probe, training time is the whole train() call (its per-epoch validation included).
+        clock = probe.clock if args.per_epoch_test else seconds
+        result["train_seconds"] = clock
+        result["samples_per_second"] = train_docs * summary.epochs / clock
         if args.per_epoch_test:
-            result["train_seconds"] = probe.clock
-            result["samples_per_second"] = train_docs * summary.epochs / probe.clock
             result["test_curve"] = probe.curve
             result["time_to"] = {f"{int(t * 100)}%": probe.time_to(t) for t in THRESHOLDS}
-            metrics = evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
-            result.update(test_accuracy=metrics["accuracy"], test_f1_macro=metrics["f1_macro"])
+        metrics = evaluate(cfg, cfg.paths.processed, cfg.paths.models, cfg.paths.reports)
+        result.update(test_accuracy=metrics["accuracy"], test_f1_macro=metrics["f1_macro"])
+        result.update({key: metrics.get(key) for key in CALIBRATION_KEYS})
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print("RESULT " + json.dumps(result))
 
