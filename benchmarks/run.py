@@ -48,6 +48,7 @@ PRESETS = {
     "fasttext": [],
     "lstm": ["+experiment=lstm"],
     "transformer": ["+experiment=transformer"],
+    "linear": ["+experiment=linear"],
     "best": ["+experiment=best"],
 }
 README_START, README_END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"

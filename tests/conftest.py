@@ -71,6 +71,7 @@ def tiny_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 # Per model: small enough to train on the tiny corpus in a second or two.
 TINY_MODELS = {
     "fasttext": ["model.embed_dim=8", "model.ngram_buckets=64"],
+    "linear": [],  # its size is the tiny corpus's n-gram vocabulary
     "lstm": ["model.embed_dim=8", "model.hidden_dim=8", "model.max_len=32"],
     "transformer": [
         "model.embed_dim=8",

@@ -18,7 +18,7 @@ def plain(*overrides: str) -> dict:
     return OmegaConf.to_container(compose(list(overrides), root=REPO_ROOT))
 
 
-@pytest.mark.parametrize("model", ["fasttext", "lstm", "transformer"])
+@pytest.mark.parametrize("model", ["fasttext", "lstm", "transformer", "linear"])
 def test_choosing_a_model_gives_the_preset_it_was_tuned_with(model: str) -> None:
     assert plain(f"model={model}") == plain(f"+experiment={model}")
 

@@ -92,9 +92,14 @@ TARGETS = {
         "textclf.data.sources.table.Table",
         "textclf.data.sources.hf.HuggingFaceDataset",
     ),
-    "encoder": ("textclf.encoders.regex.RegexEncoder", "textclf.encoders.hf.HuggingFaceTokenizer"),
+    "encoder": (
+        "textclf.encoders.regex.RegexEncoder",
+        "textclf.encoders.ngrams.NgramEncoder",
+        "textclf.encoders.hf.HuggingFaceTokenizer",
+    ),
     "model": (
         "textclf.models.fasttext.FastText",
+        "textclf.models.linear.LinearClassifier",
         "textclf.models.lstm.LSTMClassifier",
         "textclf.models.transformer.TransformerClassifier",
         "textclf.models.hf.HuggingFaceClassifier",

@@ -65,18 +65,24 @@ class EncodedSplit:
             labels=torch.tensor(list(labels), dtype=torch.int64),
         )
 
-    def document_frequency(self, vocab_size: int, chunk_documents: int = 1 << 15) -> torch.Tensor:
-        """(vocab_size,) int64: in how many documents each token id occurs. Counted
-        ``chunk_documents`` at a time, so the (document, token) pairs of a large corpus are
-        never all in memory at once (8 bytes each, then sorted)."""
+    def document_frequency(self, vocab_size: int, chunk_tokens: int = 1 << 24) -> torch.Tensor:
+        """(vocab_size,) int64: in how many documents each token id occurs. Counted over runs of
+        whole documents of about ``chunk_tokens`` ids, so the (document, token) pairs of a large
+        corpus are never all in memory at once (8 bytes each, then sorted unless in order)."""
         frequency = torch.zeros(vocab_size, dtype=torch.int64)
-        lengths = self.lengths
-        for start in range(0, len(self), chunk_documents):
-            stop = min(start + chunk_documents, len(self))
-            tokens = self.tokens[self.offsets[start] : self.offsets[stop]].long()
+        lengths, offsets = self.lengths, self.offsets
+        start = 0
+        while start < len(self):
+            # The documents that start before chunk_tokens more ids (at least one).
+            stop = int(torch.searchsorted(offsets, offsets[start] + chunk_tokens, right=True)) - 1
+            stop = min(max(stop, start + 1), len(self))
+            tokens = self.tokens[offsets[start] : offsets[stop]].long()
             document = torch.repeat_interleave(torch.arange(stop - start), lengths[start:stop])
-            pairs = torch.unique(document * vocab_size + tokens)
+            keys = document * vocab_size + tokens  # ascending when each document's ids are sorted (a bag encoder's)
+            in_order = keys.numel() < 2 or bool((keys[1:] >= keys[:-1]).all())
+            pairs = torch.unique_consecutive(keys) if in_order else torch.unique(keys)
             frequency += torch.bincount(pairs % vocab_size, minlength=vocab_size)
+            start = stop
         return frequency
 
     def save(self, path: Path) -> None:

@@ -1,7 +1,7 @@
 """What a text encoder is, and loading a saved one (preprocess saves it; serving loads it).
 
 An encoder turns texts into token ids, and those into the batch mapping a backbone takes. The
-regex encoder learns a vocabulary from the training split (``fit``; ``learns_vocabulary``); a
+regex and n-gram encoders learn a vocabulary from the training split (``fit``; ``learns_vocabulary``); a
 pretrained tokenizer (textclf.encoders.hf) learns nothing: its ids are final, so preprocess
 takes them from ``token_ids`` as it reads and writes them as they are.
 ``save`` writes ``encoder.json`` (its ``_target_`` and settings) and its own files into a
@@ -32,11 +32,16 @@ class TextEncoder(ABC):
     # Distribution names the encoder needs at prediction time, beyond the served model's own
     # (serving.REQUIREMENTS): pinned in the shipped model's requirements.
     requirements: ClassVar[tuple[str, ...]] = ()
+    # True when a document's ids are a bag, whose order carries nothing (the n-gram encoder's):
+    # preprocess and ``token_ids`` then give each document's ids in ascending order, which lets
+    # a model count them in one pass instead of a sort (models/linear.py).
+    unordered: ClassVar[bool] = False
 
     @property
     def learns_vocabulary(self) -> bool:
         """True when ``fit`` numbers the tokens from the training texts (preprocess then numbers
-        them as it reads: the regex encoder's ``tokenize`` and ``fit_numbered``); False when the
+        them as it reads: a VocabularyEncoder's ``tokenize`` and ``fit_numbered``, see
+        textclf.encoders.vocabulary); False when the
         ids of ``token_ids`` are final (a pretrained tokenizer's: ``fit`` does nothing)."""
         return True
 
@@ -77,10 +82,12 @@ class TextEncoder(ABC):
     def load_files(self, directory: Path) -> None:
         """Reads back the learned state ``save_files`` wrote into ``directory``."""
 
+    def description(self) -> dict[str, Any]:
+        """Its ``_target_`` and settings: what ``save`` writes to encoder.json, and builds it again."""
+        return {"_target_": f"{type(self).__module__}.{type(self).__qualname__}", **self.settings()}
+
     def save(self, directory: Path) -> None:
-        target = f"{type(self).__module__}.{type(self).__qualname__}"
-        description = {"_target_": target, **self.settings()}
-        (directory / ENCODER_FILE).write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+        (directory / ENCODER_FILE).write_text(json.dumps(self.description(), indent=2) + "\n", encoding="utf-8")
         self.save_files(directory)
 
 

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from textclf.atomic import staged_dir, write_json
-from textclf.config import DATA_SECTIONS, Config, load_params
+from textclf.config import DATA_SECTIONS, Config, build, load_params
 from textclf.data.encoded import LABELS_FILE, MANIFEST_FILE, EncodedSplit, TokenIds
 from textclf.data.sources.base import RECORD_FILE, Example, build_source
 from textclf.data.splits import SPLIT_CODES, Splits, class_indices, make_splits
 from textclf.encoders.base import ENCODER_FILE, TextEncoder, build_encoder
-from textclf.encoders.regex import RegexEncoder
+from textclf.encoders.vocabulary import VocabularyEncoder
 from textclf.errors import TextclfError, run_cli
 from textclf.hashing import file_sha256
 from textclf.resume import sweep_abandoned
@@ -79,23 +79,25 @@ class Corpus:
         return len(self.label_codes)
 
 
-def _tokenize_chunk(settings: dict, texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _tokenize_chunk(description: dict, texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """In a second process: ``texts`` -> (their distinct tokens in first-seen order, (T,) int32
-    ids in that numbering, (N,) int64 tokens per text); Corpus renumbers them into its own."""
-    encoder = _worker_encoder(settings)
+    ids in that numbering, (N,) int64 tokens per text); Corpus renumbers them into its own.
+    ``description``: the encoder's ``_target_`` and settings (what encoder.json holds)."""
+    encoder = _worker_encoder(description)
     numbering = TokenIds()
     documents = [numbering(encoder.tokenize(text)) for text in texts]
     flat, lengths = _flat(documents)
     return list(numbering.index), flat, lengths
 
 
-_WORKER_ENCODERS: dict[str, RegexEncoder] = {}
+_WORKER_ENCODERS: dict[str, VocabularyEncoder] = {}
 
 
-def _worker_encoder(settings: dict) -> RegexEncoder:
-    key = json.dumps(settings, sort_keys=True)
+def _worker_encoder(description: dict) -> VocabularyEncoder:
+    """The encoder ``description`` names, built once per process (a second one for other settings)."""
+    key = json.dumps(description, sort_keys=True)
     if key not in _WORKER_ENCODERS:
-        _WORKER_ENCODERS[key] = RegexEncoder(**settings)
+        _WORKER_ENCODERS[key] = build("encoder", description)
     return _WORKER_ENCODERS[key]
 
 
@@ -151,7 +153,7 @@ def read_corpus(examples: Iterable[Example], encoder: TextEncoder, parallel: boo
     if not encoder.learns_vocabulary:
         return _read_final_ids(examples, encoder)
     corpus = Corpus()
-    settings = encoder.settings()
+    description = encoder.description()
     worker = second_process() if parallel else None
     pending: list[tuple[int, Future]] = []
     done: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -169,7 +171,7 @@ def read_corpus(examples: Iterable[Example], encoder: TextEncoder, parallel: boo
             # tokenizes the others: when reading is slow (a big table), the worker does most of
             # the tokenizing; when the texts are all at hand (an archive read whole), half.
             if worker is not None and len(pending) < 2:
-                pending.append((index, worker.submit(_tokenize_chunk, settings, texts)))
+                pending.append((index, worker.submit(_tokenize_chunk, description, texts)))
             else:
                 done[index] = _flat([corpus.numbering(encoder.tokenize(text)) for text in texts])
         for item in pending:
@@ -321,6 +323,9 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True)
         to_vocabulary = encoder.fit_numbered(corpus.numbering, training_counts(corpus, flat, offsets, splits.train))
         for start in range(0, flat.size, CHUNK_TOKENS):  # (T,) int32 vocabulary ids, in place
             flat[start : start + CHUNK_TOKENS] = to_vocabulary[flat[start : start + CHUNK_TOKENS]]
+    if encoder.unordered:  # a bag of ids: each document's in ascending order (TextEncoder.unordered)
+        for start, stop in zip(offsets[:-1].tolist(), offsets[1:].tolist()):
+            flat[start:stop].sort()  # in place, a view of flat
     counts, tokens = {}, {}
     with staged_dir(out_dir) as staging:
         for name, chosen in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
