@@ -14,6 +14,7 @@ import pytest
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from textclf.calibration import calibrated
 from textclf.config import build, validate
 from textclf.data.datamodule import TextDataModule
 from textclf.data.encoded import UNK_ID, EncodedSplit
@@ -204,7 +205,8 @@ def test_the_shipped_linear_model_gives_evaluates_probabilities(tmp_path: Path) 
 
     module = load_checkpoint(cfg.paths.models / "model.ckpt")
     datamodule = TextDataModule(cfg.paths.processed, batch_size=8, eval_batch_size=8, max_len=None)
-    expected = predict(module, datamodule)[0].softmax(dim=1).double()  # (N, C) evaluate's
+    temperature = json.loads((cfg.paths.reports / "metrics.json").read_text())["temperature"]
+    expected = calibrated(predict(module, datamodule)[0], temperature).double()  # (N, C) evaluate's
     labels = json.loads((cfg.paths.processed / "labels.json").read_text())
     assert isinstance(load_encoder(cfg.paths.processed), NgramEncoder)
     with mlflow_tracking_uri(uri):
