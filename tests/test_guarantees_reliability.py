@@ -111,7 +111,7 @@ def test_an_unknown_config_group_is_one_line_from_the_hydra_app(tmp_path: Path) 
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: In 'config': Could not find 'model/nope'; available options in 'model': fasttext, hf, lstm, transformer"
+        "error: In 'config': Could not find 'model/nope'; available options in 'model': fasttext, hf, linear, lstm, transformer"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf"]  # no outputs/ either
 
