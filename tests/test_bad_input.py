@@ -367,7 +367,9 @@ def test_unknown_config_group_is_named_in_one_line(tmp_path: Path, override: str
         )
         assert result.returncode == 1
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and "Could not find 'model/nope'" in lines[0] and "fasttext, hf, linear, lstm" in lines[0]
+        assert (
+            len(lines) == 1 and "Could not find 'model/nope'" in lines[0] and "fasttext, hf, linear, lstm" in lines[0]
+        )
         assert not out.exists()
 
 

@@ -68,5 +68,9 @@ def test_help_lists_config_groups() -> None:
         env=subprocess_env(),
     )
     assert result.returncode == 0
-    for group in ("model: fasttext, hf, linear, lstm, transformer", "optimizer: adam, adamw, sgd", "trainer: cpu, ddp, gpu"):
+    for group in (
+        "model: fasttext, hf, linear, lstm, transformer",
+        "optimizer: adam, adamw, sgd",
+        "trainer: cpu, ddp, gpu",
+    ):
         assert group in result.stdout

@@ -45,7 +45,7 @@ def tickets(per_class: int, seed: int) -> list[tuple[str, str]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS, ids=["default", "best", "linear", "lstm", "transformer"])
 def test_each_preset_learns_a_second_corpus(tmp_path: Path, preset: str, mlflow_uri: str) -> None:
-    table = write_table(tmp_path / "tickets.csv", tickets(per_class=60, seed=1))
+    table = write_table(tmp_path / "tickets.csv", tickets(per_class=40, seed=1))
     paths = [f"paths.{name}={tmp_path / name}" for name in ("raw", "processed", "models", "reports", "cache")]
     overrides = [*filter(None, [preset]), "data=table", f"data.train={table}", *paths, f"tracking.uri={mlflow_uri}"]
     cfg = validate(compose([*overrides, "trainer.enable_progress_bar=false"], root=REPO_ROOT))
