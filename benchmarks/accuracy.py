@@ -27,14 +27,13 @@ token pattern, on the same train and test split. Writes accuracy.json and accura
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import RESULTS, ROOT, run_worker, texts_and_labels, write_params
+from benchmarks.run import RESULTS, ROOT, git_commit, publish, run_worker, texts_and_labels, write_params
 
 README_START, README_END = "<!-- benchmark-accuracy:start -->", "<!-- benchmark-accuracy:end -->"
 ROWS: dict[str, list[str]] = {
@@ -132,16 +131,6 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(table: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"README.md has no {README_START} ... {README_END} markers to fill")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n{table}{README_END}{tail}", encoding="utf-8")
-
-
 def reference_svm(cfg, token_pattern: str) -> dict[str, Any]:
     """The issue's scikit-learn script on the same train and test texts: LinearSVC over sublinear
     TF-IDF of word 1-2-grams and char_wb 2-5-grams (trained on train + val, as it has no use for
@@ -163,13 +152,6 @@ def reference_svm(cfg, token_pattern: str) -> dict[str, Any]:
         "accuracy": accuracy_score(test_y, predicted),
         "f1_macro": f1_score(test_y, predicted, average="macro"),
     }
-
-
-def git_commit() -> str:
-    import subprocess
-
-    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return found.stdout.strip() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -259,13 +241,8 @@ def main(argv: list[str] | None = None) -> None:
         download(cfg, cfg.paths.raw, progress=False)
         results["reference"] = reference_svm(cfg, cfg.encoder["token_pattern"])
 
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "accuracy.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    table = render_markdown(results)
-    (args.results / "accuracy.md").write_text(table, encoding="utf-8")
-    if not args.no_readme:
-        update_readme(table)
-    print(table)
+    markers = None if args.no_readme else (README_START, README_END)
+    publish(results, render_markdown(results), args.results, "accuracy", markers)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import RESULTS, ROOT, run_worker, write_params
+from benchmarks.run import RESULTS, ROOT, git_commit, publish, run_worker, write_params
 
 README_START, README_END = "<!-- benchmark-pretrained:start -->", "<!-- benchmark-pretrained:end -->"
 ROWS = ("frozen", "finetune")
@@ -169,15 +169,6 @@ def accuracy_verdict(gap: float) -> str:
     return "not within a point: textclf above" if gap > 0 else "NOT met: textclf below"
 
 
-def update_readme(table: str) -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    if README_START in text and README_END in text:
-        head, rest = text.split(README_START, 1)
-        _, tail = rest.split(README_END, 1)
-        readme.write_text(f"{head}{README_START}\n{table}{README_END}{tail}", encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archive", required=True, help="path or URL of 20news-bydate.tar.gz")
@@ -209,9 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}, "
         f"torch {torch.__version__}",
         "device": args.device,
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
+        "commit": git_commit(),
         "model": str(args.model),
         "rows": {},
     }
@@ -231,13 +220,8 @@ def main(argv: list[str] | None = None) -> None:
                 "--device",
                 args.device,
             )
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "pretrained.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    table = render_markdown(results)
-    (args.results / "pretrained.md").write_text(table, encoding="utf-8")
-    if not args.no_readme:
-        update_readme(table)
-    print(table)
+    markers = None if args.no_readme else (README_START, README_END)
+    publish(results, render_markdown(results), args.results, "pretrained", markers)
 
 
 if __name__ == "__main__":

@@ -279,13 +279,32 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(table: str) -> None:
+def update_readme(table: str, start: str = README_START, end: str = README_END) -> None:
+    """Replaces what README.md holds between the markers ``start`` and ``end`` with ``table``."""
     readme = ROOT / "README.md"
     text = readme.read_text(encoding="utf-8")
-    if README_START in text and README_END in text:
-        head, rest = text.split(README_START, 1)
-        _, tail = rest.split(README_END, 1)
-        readme.write_text(f"{head}{README_START}\n{table}{README_END}{tail}", encoding="utf-8")
+    if start not in text or end not in text:
+        raise SystemExit(f"README.md has no {start} ... {end} markers to fill")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{table}{end}{tail}", encoding="utf-8")
+
+
+def publish(results: dict[str, Any], table: str, directory: Path, name: str, markers: tuple[str, str] | None) -> None:
+    """Writes ``<name>.json`` and ``<name>.md`` into ``directory``, the table into README.md
+    between ``markers`` (None: README left as it is), and prints the table."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (directory / f"{name}.md").write_text(table, encoding="utf-8")
+    if markers is not None:
+        update_readme(table, *markers)
+    print(table)
+
+
+def git_commit() -> str:
+    """The short commit of the measured tree ("unknown" outside a git checkout)."""
+    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return found.stdout.strip() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -371,13 +390,8 @@ def main(argv: list[str] | None = None) -> None:
         print("dvc repro", flush=True)
         results["dvc"] = dvc_noop(work, [*data], args.repeats)
 
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "latest.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    table = render_markdown(results)
-    (args.results / "latest.md").write_text(table, encoding="utf-8")
-    if not args.no_readme:
-        update_readme(table)
-    print(table)
+    markers = None if args.no_readme else (README_START, README_END)
+    publish(results, render_markdown(results), args.results, "latest", markers)
 
 
 if __name__ == "__main__":
