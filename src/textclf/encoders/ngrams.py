@@ -77,15 +77,10 @@ class NgramEncoder(VocabularyEncoder):
         # Parts of a Usenet message to strip, like scikit-learn's `remove` for 20 Newsgroups.
         remove: list[Literal["headers", "footers", "quotes"]],
     ) -> None:
-        super().__init__()
-        self.lowercase = lowercase
-        self.token_pattern = token_pattern
+        super().__init__(lowercase, token_pattern, min_freq, max_vocab, remove)
         # YAML gives lists; validated as NgramRange (ordered, positive) by config.validate.
         self.word_ngrams = tuple(word_ngrams) if word_ngrams is not None else None
         self.char_ngrams = tuple(char_ngrams) if char_ngrams is not None else None
-        self.min_freq = min_freq
-        self.max_vocab = max_vocab
-        self.remove = list(remove)
         if word_ngrams is None and char_ngrams is None:
             raise TextclfError(
                 "encoder.word_ngrams and encoder.char_ngrams are both null: set at least one (e.g. [1, 2])"

@@ -23,12 +23,7 @@ class RegexEncoder(VocabularyEncoder):
         # Parts of a Usenet message to strip, like scikit-learn's `remove` for 20 Newsgroups.
         remove: list[Literal["headers", "footers", "quotes"]],
     ) -> None:
-        super().__init__()
-        self.lowercase = lowercase
-        self.token_pattern = token_pattern
-        self.min_freq = min_freq
-        self.max_vocab = max_vocab
-        self.remove = list(remove)
+        super().__init__(lowercase, token_pattern, min_freq, max_vocab, remove)
         self.tokenizer = Tokenizer(token_pattern, lowercase)
 
     def tokenize(self, text: str) -> list[str]:

@@ -23,10 +23,16 @@ from textclf.errors import TextclfError
 
 
 class VocabularyEncoder(TextEncoder):
-    min_freq: int
-    max_vocab: int | None
-
-    def __init__(self) -> None:
+    def __init__(
+        self, lowercase: bool, token_pattern: str, min_freq: int, max_vocab: int | None, remove: list[str]
+    ) -> None:
+        """The settings every vocabulary encoder shares (a subclass's constructor declares and
+        types them, for the config check, and passes them on)."""
+        self.lowercase = lowercase
+        self.token_pattern = token_pattern
+        self.min_freq = min_freq
+        self.max_vocab = max_vocab
+        self.remove = list(remove)  # parts of a Usenet message to strip (encoders.text.clean)
         self.vocabulary: list[str] | None = None
         self.index: dict[str, int] = {}
 
