@@ -64,12 +64,16 @@ class DataConfig(_Section):
 COMMON_DATA_KEYS = frozenset(field.alias or name for name, field in DataConfig.model_fields.items()) - {"_target_"}
 
 
+LossName = Literal["cross_entropy", "squared_hinge"]  # train.loss; see textclf.models.losses
+
+
 class TrainConfig(_Section):
     batch_size: PositiveInt
     eval_batch_size: PositiveInt
     num_workers: NonNegativeInt
     label_smoothing: Fraction
     class_weights: Literal["balanced"] | None  # balanced: loss weights n / (C * n_c); null: none
+    loss: LossName  # textclf.models.losses
     num_threads: PositiveInt | None
     length_buckets: PositiveInt | None
     monitor: MonitorName  # selects the checkpoint; its mode (max or min) is textclf.metrics.mode
@@ -356,6 +360,12 @@ def validate(
                 "model.sparse: true cannot be combined with trainer.gradient_clip_val "
                 "(clipping needs dense gradients; set model.sparse=false or trainer.gradient_clip_val=null)"
             )
+    train = values.get("train")
+    if isinstance(train, dict) and train.get("loss") == "squared_hinge" and train.get("label_smoothing"):
+        problems.append(
+            f"train.label_smoothing={train['label_smoothing']} applies to cross-entropy only "
+            "(set train.label_smoothing=0 with train.loss=squared_hinge)"
+        )
     problems.extend(_check_pretrained(model, values.get("encoder")))
     problems.extend(_check_lora(model))
     problems.extend(_check_devices(trainer))

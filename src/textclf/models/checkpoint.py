@@ -2,7 +2,7 @@
 
 A checkpoint holds ``state_dict`` (the weights) and ``hyper_parameters``: the ``model``,
 ``optimizer`` and ``scheduler`` config sections, ``vocab_size``, ``num_classes`` and
-``label_smoothing`` that TextClassifier was built with. ``torch.load(weights_only=True)``
+``label_smoothing`` (and class weights, loss) that TextClassifier was built with. ``torch.load(weights_only=True)``
 refuses pickled code, but the sections name what gets built (``_target_``), so a tampered
 file could still name ``os.system`` or nest one ``_target_`` inside another. They are
 therefore checked as the config is (config.py: the project's own targets only, arguments
@@ -34,6 +34,7 @@ from textclf.config import (
 )
 from textclf.errors import TextclfError
 from textclf.models.classifier import TextClassifier
+from textclf.models.losses import LossName
 
 
 class Hyperparameters(_Section):
@@ -47,6 +48,7 @@ class Hyperparameters(_Section):
     num_classes: PositiveInt
     label_smoothing: Fraction = 0.0  # TextClassifier's default: checkpoints from before it
     class_weights: list[Annotated[float, Field(gt=0)]] | None = None  # the same
+    loss: LossName = "cross_entropy"  # the same
 
 
 def check_hyperparameters(values: Any) -> list[str]:

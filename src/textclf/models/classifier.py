@@ -1,4 +1,5 @@
-"""The LightningModule: a backbone from conf/model, cross-entropy, the metrics of textclf.metrics."""
+"""The LightningModule: a backbone from conf/model, the loss of train.loss (textclf.models.losses), the
+metrics of textclf.metrics."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from textclf.config import build
 from textclf.errors import TextclfError
 from textclf.metrics import TRAIN_LOSS_EPOCH, TRAIN_LOSS_STEP, VAL_LOSS, val_metrics
 from textclf.models.embeddings import attach_embeddings
+from textclf.models.losses import LossName, build_criterion
 from textclf.models.optim import build_optimizer
 
 
@@ -38,6 +40,7 @@ class TextClassifier(pl.LightningModule):
         num_classes: int,
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
+        loss: LossName = "cross_entropy",
     ) -> None:
         super().__init__()
         # Saved in the checkpoint; the train stage logs the whole flattened config itself.
@@ -50,7 +53,7 @@ class TextClassifier(pl.LightningModule):
             self.hparams["model"] = {**model, **recorded}
         # (C,) loss weight per class (train.class_weights); None weighs every document alike.
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
-        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        self.criterion = build_criterion(loss, weight, label_smoothing)
         self.val_metrics = val_metrics(num_classes)
         self.train_loss = MeanMetric()  # the epoch's training loss, weighted by documents
 

@@ -170,6 +170,7 @@ def build_module(cfg: Config, datamodule: TextDataModule) -> TextClassifier:
         num_classes=datamodule.num_classes,
         label_smoothing=cfg.train.label_smoothing,
         class_weights=class_weights(cfg, datamodule),
+        loss=cfg.train.loss,
     )
 
 
