@@ -255,7 +255,7 @@ def _error_article(rank: int, error: ErrorRecord) -> str:
         f"<strong>{_text(error.predicted)}</strong> with probability {error.confidence:.3f}</h3>"
     )
     if contributions is None:
-        strongest = '<p class="muted">No token contributions for this model.</p>'
+        strongest = '<p class="muted">The tokens as the model read them (no contributions computed).</p>'
         text = " ".join(_text(token) for token in tokens)
     else:
         scale = max((abs(value) for value in contributions), default=0.0)
@@ -276,12 +276,14 @@ def _errors_section(errors: Sequence[ErrorRecord]) -> str:
     if not errors:
         body = '<p class="muted">No test document was misclassified.</p>'
     else:
-        legend = (
-            '<p class="muted">Each token\'s background: '
-            f'<span class="token" style="background:rgba({POSITIVE_RGB},0.6)">red</span> where it pushed towards '
-            f'the predicted class, <span class="token" style="background:rgba({NEGATIVE_RGB},0.6)">blue</span> '
-            "where it pushed against it, stronger for a larger contribution (hover a token for its value).</p>"
-        )
+        legend = ""
+        if any(error.contributions is not None for error in errors):
+            legend = (
+                '<p class="muted">Each token\'s background: '
+                f'<span class="token" style="background:rgba({POSITIVE_RGB},0.6)">red</span> where it pushed towards '
+                f'the predicted class, <span class="token" style="background:rgba({NEGATIVE_RGB},0.6)">blue</span> '
+                "where it pushed against it, stronger for a larger contribution (hover a token for its value).</p>"
+            )
         body = legend + "\n" + "\n".join(_error_article(rank, error) for rank, error in enumerate(errors, 1))
     count = len(errors)
     heading = f"The {count} most confident test errors" if count else "Test errors"
