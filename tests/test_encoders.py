@@ -114,3 +114,13 @@ def test_load_encoder_names_a_missing_file(tmp_path: Path) -> None:
 def test_an_encoder_without_a_vocabulary_says_to_fit_it() -> None:
     with pytest.raises(TextclfError, match="no vocabulary yet"):
         regex_encoder().encode(["text"])
+
+
+def test_token_strings_are_the_vocabulary_words_of_the_ids() -> None:
+    """What the run report shows of a document: each id's word, <unk> for a word outside the vocabulary."""
+    encoder = fitted()
+    (ids,) = encoder.token_ids(["Le café est inconnu"])
+    assert encoder.token_strings(ids) == ["le", "café", "est", "<unk>"]
+    assert encoder.token_strings([]) == []
+    with pytest.raises(TextclfError, match="no vocabulary yet"):
+        regex_encoder().token_strings([2])

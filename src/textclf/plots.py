@@ -1,22 +1,31 @@
-"""Figures evaluate logs to MLflow: learning curves, test F1 per class, the reliability diagram.
+"""Figures evaluate writes, logs to MLflow and puts in the run report: the confusion heatmap,
+learning curves, test F1 per class, the reliability diagram.
 
-Each function takes what the stages compute or already wrote (training_curves.csv,
-per_class.json, textclf.calibration.reliability_bins' rows) and
+Each function takes what the stages compute or already wrote (the confusion matrix,
+training_curves.csv, per_class.json, textclf.calibration.reliability_bins' rows) and
 returns a matplotlib Figure made directly (``Figure()``, not ``pyplot.figure()``): pyplot keeps
-no reference to it (nothing to close) and ``fig.savefig`` renders it with any backend.
-(evaluate draws confusion.png itself, with pyplot on the Agg backend.)
+no reference to it (nothing to close) and ``fig.savefig`` renders it with any backend
+(``png_bytes``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from typing import Any
+import textwrap
+from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from textclf.metrics import CURVE_COLUMNS
+
+if TYPE_CHECKING:
+    import torch
+
+# Tick labels of the heatmap wrap past this many characters (20 Newsgroups' longest name,
+# comp.os.ms-windows.misc, has 23), so a corpus's long class names do not squeeze the cells.
+TICK_WIDTH = 24
 
 # The columns of training_curves.csv (textclf.metrics.CURVES) -> (panel, legend label).
 CURVE_PANELS = {
@@ -25,6 +34,35 @@ CURVE_PANELS = {
     "val_accuracy": ("scores", "accuracy"),
     "val_f1_macro": ("scores", "macro-F1"),
 }
+
+
+def png_bytes(figure: Figure) -> bytes:
+    """``figure`` rendered as PNG bytes (at its own size and dpi)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def confusion(matrix: torch.Tensor, names: list[str]) -> Figure:
+    """The confusion matrix (C, C) (rows: actual class, columns: predicted) as a heatmap with
+    each nonzero count written in its cell; about 0.45 inch per class, at least 6 inches."""
+    size = max(6.0, 0.45 * len(names))
+    fig = Figure(figsize=(size, size), dpi=100)
+    ax = fig.subplots()
+    ax.imshow(matrix.numpy(), cmap="Blues")
+    ticks = [textwrap.fill(name, TICK_WIDTH) for name in names]
+    ax.set_xticks(range(len(names)), ticks, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(names)), ticks, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    dark = matrix.max().item() / 2  # counts above this are drawn in white on dark cells
+    for row, row_counts in enumerate(matrix.tolist()):
+        for col, count in enumerate(row_counts):
+            if count:
+                color = "white" if count > dark else "black"
+                ax.text(col, row, str(count), ha="center", va="center", fontsize=6, color=color)
+    fig.tight_layout()
+    return fig
 
 
 def _column(rows: list[dict[str, str]], name: str) -> tuple[list[float], list[float]]:

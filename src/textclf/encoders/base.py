@@ -57,6 +57,11 @@ class TextEncoder(ABC):
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Each text's token ids, as the model takes them (fitted first, if it learns)."""
 
+    @abstractmethod
+    def token_strings(self, ids: list[int]) -> list[str]:
+        """The tokens that ``ids`` (one document's, as ``token_ids`` gives them) stand for, one
+        string per id (the run report shows a document's tokens with them)."""
+
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Texts -> the flat batch mapping every encoder makes, so no document is padded:
         tokens  (T,) int64  every document's ids, concatenated

@@ -117,6 +117,11 @@ class HuggingFaceTokenizer(TextEncoder):
         encodings = self._backend.encode_batch(texts, add_special_tokens=True)  # in Rust, on its own threads
         return [self._truncated(encoding.ids, encoding.special_tokens_mask) for encoding in encodings]
 
+    def token_strings(self, ids: list[int]) -> list[str]:
+        """The tokenizer's own pieces (``Ġword``, ``##ing``, ``[CLS]``), one per id."""
+        self.prepare()
+        return self.tokenizer.convert_ids_to_tokens(ids)
+
     def _chunked(self, first: tokenizers.Encoding) -> list[int]:
         """The ids of a document's first ``max_chunks`` windows, one after the other (the first
         window's encoding holds the others, in order, as its ``overflowing``)."""

@@ -89,6 +89,11 @@ class VocabularyEncoder(TextEncoder):
             return [sorted(self.ids(text)) for text in texts]
         return [self.ids(text) for text in texts]
 
+    def token_strings(self, ids: list[int]) -> list[str]:
+        self.vocab_size  # noqa: B018 - raises without a vocabulary
+        vocabulary = self.vocabulary
+        return [vocabulary[i] for i in ids]
+
     def save_files(self, directory: Path) -> None:
         (directory / VOCAB_FILE).write_text("".join(f"{w}\n" for w in self.vocabulary or []), encoding="utf-8")
 

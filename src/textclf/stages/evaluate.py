@@ -7,7 +7,10 @@ Writes ``<paths.reports>/``: metrics.json (DVC metrics: the test scores, the exp
 calibration error before and after T, and T), per_class.json, confusion.csv (DVC confusion
 plot), per_class_f1.csv (DVC bar plot), confusion.png, reliability_uncalibrated.csv and
 reliability_calibrated.csv (DVC plot: each bin's confidence against its accuracy) and
-reliability.png (the reliability diagram); completes the MLflow run that trained the
+reliability.png (the reliability diagram) and report.html (textclf.report: all of the above on
+one page that opens offline, with the learning curves and the ``ERRORS_SHOWN`` test documents
+misclassified with the highest calibrated probability, their tokens highlighted by
+contribution); completes the MLflow run that trained the
 checkpoint with the test metrics (and ``val/temperature``) and reports, PNGs of the per-class
 F1 and of the learning curves (from training_curves.csv), and the shipped model
 (``runs:/<id>/model``, see textclf.serving): the checkpoint, the encoder and labels of
@@ -37,7 +40,8 @@ from textclf.calibration import (
     reliability_csv,
 )
 from textclf.config import MODEL_SECTIONS, Config, load_params
-from textclf.data.datamodule import TextDataModule, tokens_kept
+from textclf.data.datamodule import BatchedSplit, TextDataModule, tokens_kept
+from textclf.encoders.base import TextEncoder, load_encoder
 from textclf.errors import TextclfError, run_cli
 from textclf.hashing import file_sha256
 from textclf.metrics import (
@@ -54,6 +58,7 @@ from textclf.metrics import (
 from textclf.models.checkpoint import load_checkpoint
 from textclf.models.classifier import TextClassifier
 from textclf.outputs import CHECKPOINT_NAME, CURVES_FILE, RUN_FILE
+from textclf.report import ErrorRecord, render_report
 from textclf.resume import sweep_abandoned
 from textclf.serving import log_model
 from textclf.tracking import (
@@ -76,6 +81,8 @@ RELIABILITY_CSVS = {"uncalibrated": "reliability_uncalibrated.csv", "calibrated"
 RELIABILITY_PNG = "reliability.png"
 # Logged to MLflow only (evaluation/), drawn from the reports.
 PER_CLASS_F1_PNG, CURVES_PNG = "per_class_f1.png", "training_curves.png"
+REPORT_HTML = "report.html"  # the run report (textclf.report), also logged to MLflow
+ERRORS_SHOWN = 20  # the report's most confident test errors
 
 
 @torch.inference_mode()
@@ -91,33 +98,6 @@ def predict(
         logits.append(module(batch).float())
         labels.append(batch["labels"])
     return torch.cat(logits), torch.cat(labels)
-
-
-def confusion_png(confusion: torch.Tensor, names: list[str]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    size = max(6.0, 0.45 * len(names))
-    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
-    ax.imshow(confusion.numpy(), cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("actual")
-    counts = confusion.tolist()
-    dark = confusion.max().item() / 2  # counts above this are drawn in white on dark cells
-    for row, row_counts in enumerate(counts):
-        for col, count in enumerate(row_counts):
-            if count:
-                color = "white" if count > dark else "black"
-                ax.text(col, row, str(count), ha="center", va="center", fontsize=6, color=color)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def calibration_temperature(cfg: Config, module: TextClassifier, datamodule: TextDataModule) -> float:
@@ -204,12 +184,24 @@ def evaluate(
     writer.writerows((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist()))
     png = confusion_png(scores["confusion"].cpu(), names)
     reliability = reliability_png(bins, metrics)
-
-    # Everything is computed before the first write; the reports are written as one (all staged,
-    # then renamed), so a failure leaves none of them changed.
     summary = dict(metrics)  # metrics.json also names the classes left out of the macro averages
     if not bool(counted.all()):
         summary["macro_excludes"] = [name for name, kept in zip(names, counted.tolist()) if not kept]
+    report = render_report(
+        summary,
+        per_class,
+        {"confusion": png, "curves": curves_png(reports_dir), "reliability": reliability},
+        confident_test_errors(module, datamodule, load_encoder(processed), probabilities["calibrated"], labels),
+        details={
+            "MLflow run": reference["run_id"],
+            "corpus": cfg.data.corpus,
+            "model": module.hparams.model.get("_target_", "?"),
+            "checkpoint sha256": checkpoint_sha256,
+        },
+    )
+
+    # Everything is computed before the first write; the reports are written as one (all staged,
+    # then renamed), so a failure leaves none of them changed.
     write_files(
         {
             reports_dir / PER_CLASS_FILE: _json_bytes(per_class),
@@ -218,12 +210,20 @@ def evaluate(
             reports_dir / CONFUSION_PNG: png,
             **{reports_dir / RELIABILITY_CSVS[name]: reliability_csv(rows).encode() for name, rows in bins.items()},
             reports_dir / RELIABILITY_PNG: reliability,
+            reports_dir / REPORT_HTML: report.encode(),
             reports_dir / METRICS_FILE: _json_bytes(summary),
         }
     )
     with store_errors(uri):
         log_to_run(cfg, models_dir, processed, metrics, reports_dir, reference)
     return metrics
+
+
+def confusion_png(confusion: torch.Tensor, names: list[str]) -> bytes:
+    """The confusion heatmap (textclf.plots.confusion) as PNG bytes."""
+    from textclf import plots
+
+    return plots.png_bytes(plots.confusion(confusion, names))
 
 
 def reliability_png(bins: dict[str, list[dict[str, float]]], metrics: dict[str, float]) -> bytes:
@@ -238,9 +238,95 @@ def reliability_png(bins: dict[str, list[dict[str, float]]], metrics: dict[str, 
         metrics[ECE_CALIBRATED],
         metrics[TEMPERATURE],
     )
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return plots.png_bytes(figure)
+
+
+def curves_png(reports_dir: Path) -> bytes | None:
+    """The learning curves (textclf.plots.learning_curves) of the training_curves.csv train
+    wrote beside the reports, as PNG bytes; None without one."""
+    from textclf import plots
+
+    curves = reports_dir / CURVES_FILE
+    if not curves.is_file():
+        return None
+    return plots.png_bytes(plots.learning_curves(curves.read_text(encoding="utf-8")))
+
+
+def most_confident_errors(probabilities: torch.Tensor, labels: torch.Tensor, count: int = ERRORS_SHOWN) -> list[int]:
+    """The indices of the (at most) ``count`` documents whose predicted class (the top of
+    ``probabilities`` (N, C)) is not their label (N,), the highest top probability first (ties:
+    the earlier document first)."""
+    confidence, predicted = probabilities.max(dim=1)
+    wrong = torch.nonzero(predicted != labels).flatten()
+    order = torch.argsort(confidence[wrong], descending=True, stable=True)
+    return wrong[order][:count].tolist()
+
+
+def confident_test_errors(
+    module: TextClassifier,
+    datamodule: TextDataModule,
+    encoder: TextEncoder,
+    probabilities: torch.Tensor,
+    labels: torch.Tensor,
+    count: int = ERRORS_SHOWN,
+) -> list[ErrorRecord]:
+    """The report's ``count`` most confident errors of the test split (loaded by ``predict``),
+    given its calibrated ``probabilities`` (N, C) and ``labels`` (N,); each document as the
+    model read it (clipped to its max_len)."""
+    shown = most_confident_errors(probabilities, labels, count)
+    confidence, predicted = probabilities[shown].max(dim=1)
+    batch = BatchedSplit(datamodule.splits["test"], datamodule.max_len)[shown]
+    return error_records(
+        module, encoder, batch, datamodule.labels, predicted.tolist(), confidence.tolist(), documents=shown
+    )
+
+
+def error_records(
+    module: TextClassifier,
+    encoder: TextEncoder,
+    batch: dict[str, torch.Tensor],
+    names: list[str],
+    predicted: list[int],
+    confidence: list[float],
+    documents: list[int],
+) -> list[ErrorRecord]:
+    """The report's records of the misclassified documents in ``batch`` (the flat mapping:
+    tokens, offsets, lengths, labels; each document as the model reads it), whose predicted
+    class indices, calibrated probabilities and positions in the test split are given.
+
+    Each document's tokens with their contributions to the predicted class, from
+    textclf.explain where it exists; without it, the tokens the encoder decodes from the ids
+    and no contributions."""
+    if not documents:
+        return []
+    try:
+        from textclf.explain import explain_batch
+    except ModuleNotFoundError as error:
+        if error.name != "textclf.explain":
+            raise
+        explained = None
+    else:
+        explained = explain_batch(module, encoder, batch)
+    starts, lengths = batch["offsets"].tolist(), batch["lengths"].tolist()
+    records = []
+    for i, (document, label) in enumerate(zip(documents, batch["labels"].tolist())):
+        if explained is None:
+            ids = batch["tokens"][starts[i] : starts[i] + lengths[i]].tolist()
+            tokens, contributions, method = encoder.token_strings(ids), None, None
+        else:
+            tokens, contributions, method = explained[i].tokens, explained[i].contributions, explained[i].method
+        records.append(
+            ErrorRecord(
+                document=document,
+                actual=names[label],
+                predicted=names[predicted[i]],
+                confidence=confidence[i],
+                tokens=tokens,
+                contributions=contributions,
+                method=method,
+            )
+        )
+    return records
 
 
 def _json_bytes(data: object) -> bytes:
@@ -307,7 +393,7 @@ def log_to_run(
         metrics=[Metric(logged_name(key), float(value), timestamp, 0) for key, value in metrics.items()],
     )
     with artifact_store_errors(logged):
-        for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG, RELIABILITY_PNG):
+        for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG, RELIABILITY_PNG, REPORT_HTML):
             store.log_artifact(run_id, str(reports_dir / name), artifact_path="evaluation")
         log_figures(store, run_id, reports_dir, metrics[F1_MACRO])
         # The config that trained the checkpoint (secrets masked, as train wrote it), not this
