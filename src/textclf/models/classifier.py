@@ -1,4 +1,8 @@
-"""The LightningModule: a backbone from conf/model, cross-entropy, the metrics of textclf.metrics."""
+"""The LightningModule: a backbone from conf/model, cross-entropy, the metrics of textclf.metrics.
+
+A multi-label model (``multi_label``: the processed data holds (N, C) multi-hot labels) has the
+same backbone and logits, read as one sigmoid per label, and trains with binary cross-entropy
+(``MultiLabelLoss``), label smoothing and class weights in their binary forms."""
 
 from __future__ import annotations
 
@@ -21,6 +25,23 @@ class NonFiniteLoss(TextclfError):
     """The training loss became NaN or infinite: training stops rather than go on diverged."""
 
 
+class MultiLabelLoss(nn.Module):
+    """Binary cross-entropy with logits, averaged over every (text, label) pair: logits (B, C),
+    targets (B, C) 0/1. ``label_smoothing`` s moves each target s/2 towards the other class (1 ->
+    1 - s/2, 0 -> s/2: the binary form of cross-entropy's smoothing over two classes);
+    ``pos_weight`` (C,) weighs each label's positive term (train.class_weights=balanced: its
+    negatives / positives in the training split, as BCEWithLogitsLoss documents)."""
+
+    def __init__(self, label_smoothing: float = 0.0, pos_weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        smoothed = targets.to(logits.dtype) * (1.0 - self.label_smoothing) + self.label_smoothing / 2
+        return nn.functional.binary_cross_entropy_with_logits(logits, smoothed, pos_weight=self.pos_weight)
+
+
 class TextClassifier(pl.LightningModule):
     """Builds its backbone from the model config, so a checkpoint alone rebuilds the model.
 
@@ -38,6 +59,7 @@ class TextClassifier(pl.LightningModule):
         num_classes: int,
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
+        multi_label: bool = False,
     ) -> None:
         super().__init__()
         # Saved in the checkpoint; the train stage logs the whole flattened config itself.
@@ -48,10 +70,15 @@ class TextClassifier(pl.LightningModule):
         recorded = getattr(self.backbone, "checkpoint_settings", dict)()
         if recorded:
             self.hparams["model"] = {**model, **recorded}
-        # (C,) loss weight per class (train.class_weights); None weighs every document alike.
+        # (C,) loss weight per class (train.class_weights; a multi-label model's pos_weight);
+        # None weighs every document alike.
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
-        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
-        self.val_metrics = val_metrics(num_classes)
+        if multi_label:
+            self.criterion: nn.Module = MultiLabelLoss(label_smoothing, pos_weight=weight)
+        else:
+            self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        self.multi_label = multi_label
+        self.val_metrics = val_metrics(num_classes, multi_label)
         self.train_loss = MeanMetric()  # the epoch's training loss, weighted by documents
 
     def setup(self, stage: str) -> None:
@@ -90,7 +117,7 @@ class TextClassifier(pl.LightningModule):
                 f"training loss is {value} at epoch {self.current_epoch}, step {self.global_step}"
                 " (lower optimizer.lr or set trainer.gradient_clip_val)"
             )
-        size = batch["labels"].numel()
+        size = batch["labels"].shape[0]
         # Every step counts in the epoch's mean (``train_loss.update``, ~20 us); ``self.log``, whose
         # bookkeeping costs ~0.25 ms a call (a sixtieth of a fasttext step on 2 cores), runs only
         # on the steps the loggers record (``trainer.log_every_n_steps``) and once per epoch, at
@@ -106,8 +133,10 @@ class TextClassifier(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self._logits(batch)
         loss = self.criterion(logits, batch["labels"])
-        size = batch["labels"].numel()
-        self.val_metrics.update(logits, batch["labels"])
+        size = batch["labels"].shape[0]
+        # A multi-label model's metrics take probabilities (torchmetrics would take logits that
+        # all happen to lie in [0, 1] for probabilities).
+        self.val_metrics.update(logits.sigmoid() if self.multi_label else logits, batch["labels"])
         self.log(VAL_LOSS, loss, on_epoch=True, batch_size=size, sync_dist=True)
         # Logging the metric objects lets Lightning compute and sync them across DDP ranks.
         self.log_dict(self.val_metrics, on_epoch=True, batch_size=size)
