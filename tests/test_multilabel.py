@@ -46,6 +46,7 @@ TINY = {
     **TINY_MODELS,
     "lstm": [*TINY_MODELS["lstm"], "model.max_len=40"],
     "transformer": [*TINY_MODELS["transformer"], "model.max_len=40"],
+    "hf": ["model.max_len=48", "scheduler=none"],  # model.name: the test's tiny BERT
 }
 
 
@@ -86,7 +87,7 @@ def ml_overrides(root: Path, table: Path, *overrides: str, model: str = "fasttex
         f"data.train={table}",
         "data.label_column=tags",
         *(['data.label_separator=","'] if table.suffix == ".csv" else []),
-        "encoder.min_freq=1",
+        *(["encoder.min_freq=1"] if model != "hf" else []),  # a pretrained tokenizer has its vocabulary
         f"model={model}",
         *TINY[model],
         "optimizer.lr=0.05",
@@ -408,9 +409,8 @@ def test_a_multi_label_hugging_face_model_trains_with_one_sigmoid_per_label(corp
         tmp_path,
         corpus["jsonl"],
         f"model.name={bert}",
-        "model.max_len=64",
-        "optimizer.lr=0.001",
-        "trainer.max_epochs=4",
+        "optimizer.lr=0.003",
+        "trainer.max_epochs=12",
         "train.monitor=val/f1_micro",
         model="hf",
     )
