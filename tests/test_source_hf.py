@@ -115,11 +115,17 @@ def test_a_class_label_of_minus_one_is_a_missing_label(saved: Path) -> None:
         read(source(saved, split_names={"train": ["unsupervised"]}))
 
 
-def test_list_labels_are_refused_as_multi_label(tmp_path: Path) -> None:
+def test_list_labels_are_read_as_label_sets(tmp_path: Path) -> None:
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.List(datasets.Value("string"))})
-    datasets.DatasetDict({"train": split(["a"], [["x", "y"]], features)}).save_to_disk(str(tmp_path / "d"))
-    with pytest.raises(TextclfError, match=r"multi-label data is not supported yet \(issue: multi-label\)"):
-        read(source(tmp_path / "d"))
+    datasets.DatasetDict({"train": split(["a", "b"], [["x", "y"], []], features)}).save_to_disk(str(tmp_path / "d"))
+    assert read(source(tmp_path / "d")) == [("train", ("x", "y"), "a"), ("train", (), "b")]
+
+
+def test_a_list_of_class_labels_gives_their_names(tmp_path: Path) -> None:
+    names = datasets.ClassLabel(names=["neg", "pos", "mixed"])
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.List(names)})
+    datasets.DatasetDict({"train": split(["a"], [[2, 0]], features)}).save_to_disk(str(tmp_path / "d"))
+    assert read(source(tmp_path / "d")) == [("train", ("mixed", "neg"), "a")]
 
 
 def test_local_data_files_directory_splits_by_file_name(tmp_path: Path) -> None:

@@ -183,7 +183,12 @@ def test_a_held_out_file_that_is_the_training_file_is_an_error(tmp_path: Path, r
         ("t.jsonl", '{"body": "a", "stars": 1}\n{"body": \n', {}, r"t.jsonl: not readable as JSON Lines"),
         ("t.csv", "body,stars\na,1\nb,\n", {}, r"t.csv row 2: no label in column 'stars'"),
         ("t.jsonl", '{"body": "a", "stars": 1}\n{"body": "b", "stars": null}\n', {}, r"t.jsonl row 2: no label"),
-        ("t.jsonl", '{"body": "a", "stars": [1, 2]}\n', {}, r"t.jsonl row 1: .*multi-label data is not supported yet"),
+        (
+            "t.jsonl",
+            '{"body": "a", "stars": ["x", ""]}\n',
+            {},
+            r"t.jsonl row 1: an empty label name in the label list \['x', ''\] of column 'stars'",
+        ),
     ],
 )
 def test_bad_input_is_one_line_naming_the_file(

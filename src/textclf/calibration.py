@@ -18,6 +18,13 @@ temperature is reports/metrics.json's ``temperature``.
 The measure is the expected calibration error (ECE, ``ECE_BINS`` equal-width bins of the top
 probability, l1): torchmetrics' MulticlassCalibrationError. ``reliability_bins`` gives the
 same bins as rows for the reliability diagram (textclf.plots.reliability, and DVC's plot).
+
+A multi-label model (labels (N, C) 0/1: one sigmoid per label) is calibrated alike: T divides
+its logits before the sigmoid and minimises the validation split's binary cross-entropy (the
+labels predicted at a threshold change with T, which is why evaluate tunes the thresholds on
+the calibrated probabilities: textclf.thresholds). Its ECE and bins treat every (text, label)
+pair as one binary prediction: each bin's mean probability against how often the label is
+there (torchmetrics' BinaryCalibrationError over the pairs).
 """
 
 from __future__ import annotations
@@ -39,7 +46,10 @@ _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618...
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
     """Mean negative log-likelihood of ``labels`` (N,) under softmax(``logits`` (N, C) / T),
-    in float64 (no label smoothing: the likelihood the probabilities are judged by)."""
+    in float64 (no label smoothing: the likelihood the probabilities are judged by); of
+    multi-label ``labels`` (N, C) 0/1 under sigmoid(logits / T), per (text, label) pair."""
+    if labels.ndim == 2:
+        return float(F.binary_cross_entropy_with_logits(logits.double() / temperature, labels.double()))
     return float(F.cross_entropy(logits.double() / temperature, labels))
 
 
@@ -50,7 +60,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     functions minus a linear one), so it has one minimum along log T and the bounded search
     finds it without a learning rate or a starting point, and, on the CPU in float64, gives the
     same T for the same logits every time. (N, C) logits cost about 40 evaluations."""
-    if logits.ndim != 2 or labels.shape != logits.shape[:1] or labels.numel() == 0:
+    expected = logits.shape if labels.ndim == 2 else logits.shape[:1]  # multi-label: (N, C) labels
+    if logits.ndim != 2 or labels.shape != expected or labels.numel() == 0:
         raise ValueError(
             f"expected logits (N, C) and labels (N,) with N > 0, got {tuple(logits.shape)}, {tuple(labels.shape)}"
         )
@@ -75,15 +86,23 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return math.exp((low + high) / 2)
 
 
-def calibrated(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(N, C) logits -> (N, C) probabilities softmax(logits / T), rows summing to one. The
-    shipped model (textclf.serving) computes exactly this on its float32 logits."""
+def calibrated(logits: torch.Tensor, temperature: float, multi_label: bool = False) -> torch.Tensor:
+    """(N, C) logits -> (N, C) probabilities softmax(logits / T), rows summing to one (a
+    multi-label model's: sigmoid(logits / T), one per label). The shipped model
+    (textclf.serving) computes exactly this on its float32 logits."""
+    if multi_label:
+        return (logits / temperature).sigmoid()
     return (logits / temperature).softmax(dim=1)
 
 
 def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
-    """(N, C) probabilities, (N,) labels -> top-label ECE over ECE_BINS bins (l1)."""
-    from torchmetrics.classification import MulticlassCalibrationError
+    """(N, C) probabilities, (N,) labels -> top-label ECE over ECE_BINS bins (l1); (N, C)
+    multi-label labels -> the ECE of every (text, label) pair as a binary prediction."""
+    from torchmetrics.classification import BinaryCalibrationError, MulticlassCalibrationError
+
+    if labels.ndim == 2:
+        binary = BinaryCalibrationError(n_bins=ECE_BINS, norm="l1")
+        return float(binary(probabilities.reshape(-1), labels.reshape(-1).long()))
 
     metric = MulticlassCalibrationError(probabilities.shape[1], n_bins=ECE_BINS, norm="l1")
     return float(metric(probabilities, labels))
@@ -96,8 +115,11 @@ def reliability_bins(probabilities: torch.Tensor, labels: torch.Tensor) -> list[
     The bins are torchmetrics': [i/15, (i+1)/15) for i < 15, and a last one for a top
     probability of exactly 1.0 (lower = upper = 1), so that sum(count / N * |accuracy -
     confidence|) is expected_calibration_error."""
-    confidences, predicted = probabilities.float().max(dim=1)  # (N,), as torchmetrics takes them
-    correct = predicted.eq(labels).float()
+    if labels.ndim == 2:  # multi-label: every (text, label) pair, its probability and whether it is there
+        confidences, correct = probabilities.float().reshape(-1), labels.reshape(-1).float()
+    else:
+        confidences, predicted = probabilities.float().max(dim=1)  # (N,), as torchmetrics takes them
+        correct = predicted.eq(labels).float()
     boundaries = torch.linspace(0, 1, ECE_BINS + 1, dtype=confidences.dtype)
     index = torch.bucketize(confidences, boundaries, right=True) - 1  # (N,) in 0..ECE_BINS
     rows = []

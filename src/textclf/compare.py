@@ -18,13 +18,16 @@ import argparse
 from typing import Any
 
 from textclf.errors import TextclfError, run_cli
-from textclf.metrics import TEST_ACCURACY, TEST_F1_MACRO, VAL_F1_MACRO
+from textclf.metrics import TEST_ACCURACY, TEST_F1_MACRO, TEST_F1_MICRO, VAL_F1_MACRO
 from textclf.tracking import TrackingStore, default_tracking_uri, require_store
 
 EXPERIMENT, SORT, TOP = "textclf", TEST_ACCURACY, 10
 # Shown for every run; "optimizer" is the class name from optimizer._target_.
 KEY_PARAMS = ("optimizer", "optimizer.lr", "trainer.max_epochs", "train.batch_size", "model.embed_dim")
 METRICS = (VAL_F1_MACRO, TEST_ACCURACY, TEST_F1_MACRO)
+# A multi-label run logs the same names (test/accuracy: its subset accuracy; textclf.metrics)
+# and these, shown when a listed run has them.
+MULTI_LABEL_METRICS = (TEST_F1_MICRO,)
 # Never columns of their own: where a run's files and records went, not what it trained
 # (model._target_ is the model column, optimizer._target_ the optimizer column).
 NOT_COMPARED = ("paths.", "tracking.", "model._target_", "optimizer._target_")
@@ -81,6 +84,7 @@ def best_runs(
     )
     rows = []
     differing = differing_params(runs)
+    shown = (*METRICS, *(key for key in MULTI_LABEL_METRICS if any(key in run.data.metrics for run in runs)))
     for run in runs:
         params, metrics = run.data.params, run.data.metrics
         optimizer = params.get("optimizer._target_")
@@ -91,7 +95,7 @@ def best_runs(
             "optimizer": optimizer.rsplit(".", 1)[-1] if optimizer else None,
         }
         row.update({key: params.get(key) for key in (*KEY_PARAMS[1:], *differing)})
-        row.update({key: metrics.get(key) for key in dict.fromkeys((*METRICS, sort))})
+        row.update({key: metrics.get(key) for key in dict.fromkeys((*shown, sort))})
         rows.append(row)
     return rows
 

@@ -50,6 +50,9 @@ class DataConfig(_Section):
     test_fraction: Annotated[float, Field(gt=0, lt=1)]
     val_fraction: Annotated[float, Field(gt=0, lt=1)]
     split_seed: NonNegativeInt
+    # Several labels per text (textclf.data.labels): auto when the label column holds lists (or
+    # data.label_separator splits it); true: every text's labels are a set; false: one label each.
+    multi_label: Literal["auto"] | bool
     max_document_bytes: PositiveInt | None  # null: no limit
     max_archive_bytes: PositiveInt | None
     max_download_bytes: PositiveInt | None
@@ -76,6 +79,9 @@ class TrainConfig(_Section):
     loss: LossName  # textclf.models.losses
     num_threads: PositiveInt | None
     length_buckets: PositiveInt | None
+    # Multi-label only: decision thresholds tuned on the validation split by evaluate
+    # (textclf.thresholds): one for every label, or one per label.
+    threshold: Literal["global", "per_label"]
     monitor: MonitorName  # selects the checkpoint; its mode (max or min) is textclf.metrics.mode
     resume_interval_s: NonNegativeFloat | None  # 0: a resume point every epoch; null: none
     resume_keep_s: NonNegativeFloat | None  # a dead training's resume point is deleted after; null: never

@@ -60,6 +60,7 @@ MODEL_CODE = Path(__file__).with_name("pyfunc_ensemble.py")
 ENSEMBLE_FILE, LABELS_FILE = "ensemble.json", "labels.json"
 MEMBER_ARTIFACT = "member{}"  # artifact name of member i: its whole model directory
 CONFIG_ARTIFACT, MEMBER_LABELS_ARTIFACT = "artifacts/config.yaml", "artifacts/labels.json"  # in a member's model
+MEMBER_THRESHOLDS_ARTIFACT = "artifacts/thresholds.json"  # a multi-label model's (textclf.serving)
 # data.* keys that change where the bytes come from, never what they are (data.sha256 pins them).
 WHERE_NOT_WHAT = ("mirrors",)
 SUMMARY_DEFAULT = Path("reports/ensemble.json")
@@ -230,6 +231,11 @@ def fetch_member(model_uri: str, tracking_uri: str, into: Path) -> Member:
         raise TextclfError(
             f"{model_uri}: not a model a training logged (it has no {CONFIG_ARTIFACT}; an ensemble is no member: "
             "give its members)"
+        )
+    if (local / MEMBER_THRESHOLDS_ARTIFACT).is_file():
+        raise TextclfError(
+            f"{model_uri}: a multi-label model (it ships {MEMBER_THRESHOLDS_ARTIFACT}); an ensemble combines "
+            "single-label models only"
         )
     return Member(
         model_uri,

@@ -9,7 +9,8 @@
 Models come from the MLflow store at --tracking-uri, else $MLFLOW_TRACKING_URI, else the
 repository's mlflow.db. With neither --run-id nor --model-uri, the run is the one the last
 `dvc repro` trained (<paths.models>/mlflow_run.json). Prints one line per text: label, its
-probability, the text.
+probability, the text; for a multi-label model, the labels it gets (those at or above their
+thresholds, each with its probability; "(none)" for none) and the text.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pandas as pd
 from textclf.errors import TextclfError, first_line, run_cli
 from textclf.outputs import RUN_FILE
 from textclf.provenance import project_root
-from textclf.serving import LABEL_COLUMN, MODEL_NAME, TEXT_COLUMN
+from textclf.serving import LABEL_COLUMN, LABELS_COLUMN, MODEL_NAME, TEXT_COLUMN
 from textclf.tracking import (
     TrackingStore,
     default_tracking_uri,
@@ -104,11 +105,14 @@ def load_model(model_uri: str, tracking_uri: str):  # noqa: ANN201 - mlflow.pyfu
 
 def predict(model_uri: str, texts: list[str], tracking_uri: str) -> pd.DataFrame:
     """-> one row per text: ``label``, ``probability`` (of that label), then one probability
-    column per class."""
+    column per class; a multi-label model's rows: ``labels`` (a list), then every label's
+    probability."""
     if not texts:
         raise TextclfError("no texts to classify (give them as arguments, with --file, or on stdin)")
     model = load_model(model_uri, tracking_uri)
     frame = model.predict(pd.DataFrame({TEXT_COLUMN: texts}))
+    if LABELS_COLUMN in frame.columns:
+        return frame
     classes = [column for column in frame.columns if column != LABEL_COLUMN]
     frame.insert(1, PROBABILITY_COLUMN, frame[classes].max(axis=1))
     return frame
@@ -158,8 +162,25 @@ def read_texts(texts: list[str], file: Path | None, stdin: TextIO) -> list[str]:
     return [line for line in lines if line.strip()]
 
 
+def shortened(text: str) -> str:
+    shown = " ".join(text.split())
+    return shown if len(shown) <= SHOWN_CHARS else shown[: SHOWN_CHARS - 1] + "…"
+
+
+def format_label_sets(frame: pd.DataFrame, texts: list[str]) -> str:
+    """A multi-label model's plain output: per text, its labels with their probabilities
+    (``a 0.912, b 0.634``, or ``(none)``), then the text (shortened)."""
+    given = [
+        ", ".join(f"{name} {row[name]:.3f}" for name in row[LABELS_COLUMN]) or "(none)" for _, row in frame.iterrows()
+    ]
+    width = max(len(line) for line in given)
+    return "\n".join(f"{line:<{width}}  {shortened(text)}" for line, text in zip(given, texts))
+
+
 def format_plain(frame: pd.DataFrame, texts: list[str]) -> str:
     """One line per text: label, probability, then the text (shortened)."""
+    if LABELS_COLUMN in frame.columns:
+        return format_label_sets(frame, texts)
     width = max(len(label) for label in frame[LABEL_COLUMN])
     lines = []
     for text, label, probability in zip(texts, frame[LABEL_COLUMN], frame[PROBABILITY_COLUMN]):
@@ -170,7 +191,19 @@ def format_plain(frame: pd.DataFrame, texts: list[str]) -> str:
 
 
 def format_json(frame: pd.DataFrame, texts: list[str]) -> str:
-    """A JSON list: text, label, probability and every class's probability, per text."""
+    """A JSON list: text, label, probability and every class's probability, per text (a
+    multi-label model's: text, labels, every label's probability)."""
+    if LABELS_COLUMN in frame.columns:
+        names = [column for column in frame.columns if column != LABELS_COLUMN]
+        sets = [
+            {
+                "text": text,
+                "labels": list(row[LABELS_COLUMN]),
+                "probabilities": {name: float(row[name]) for name in names},
+            }
+            for text, (_, row) in zip(texts, frame.iterrows())
+        ]
+        return json.dumps(sets, indent=2, ensure_ascii=False)
     classes = [c for c in frame.columns if c not in (LABEL_COLUMN, PROBABILITY_COLUMN)]
     rows = [
         {

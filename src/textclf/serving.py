@@ -16,6 +16,9 @@ Each training logs one under the artifact name ``model``; it loads anywhere MLfl
   artifacts/calibration.json    {"temperature": T}: the probabilities are softmax(logits / T), T
                                 fitted by evaluate on the validation split (1.0: calibration.method
                                 none; see textclf.calibration)
+  artifacts/thresholds.json     a multi-label model's only: {"thresholds": {label: t}}, tuned by
+                                evaluate on the validation split (textclf.thresholds); its output
+                                is then ``labels`` (see TextclfModel.predict)
   artifacts/config.yaml         the resolved config that trained it (secrets masked, as in the run's params)
   code/textclf/                 this package, so the model runs the code it was trained with
   pyfunc_model.py               the file MLflow runs to make the model (models-from-code: no pickle)
@@ -60,9 +63,11 @@ MODEL_NAME = "model"  # artifact name: runs:/<run id>/model
 # code/ on sys.path); it names TextclfModel, so the model holds no pickle (python_model.pkl).
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 TEXT_COLUMN, LABEL_COLUMN = "text", "label"
+LABELS_COLUMN = "labels"  # a multi-label model's: the labels each text gets, a list of strings
 ENCODER_DIR, CONFIG_FILE = "encoder", "config.yaml"
 WEIGHTS_FILE, HYPERPARAMETERS_FILE = "model.safetensors", "hyperparameters.json"
 CALIBRATION_FILE = "calibration.json"
+THRESHOLDS_FILE = "thresholds.json"  # multi-label models only
 BATCH_SIZE = 256  # documents per forward pass
 # What the bundled code imports at prediction time (distribution names).
 REQUIREMENTS = (
@@ -127,6 +132,22 @@ def read_temperature(path: Path) -> float:
     return float(temperature)
 
 
+def read_thresholds(path: Path, labels: list[str]) -> list[float]:
+    """thresholds.json -> one threshold in [0, 1] per label of ``labels``, in their order; else
+    one line naming the file."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))["thresholds"]
+        thresholds = [values[name] for name in labels]
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise TextclfError(
+            f'{path}: refusing to load, expected {{"thresholds": {{label: t}}}} for every label ({error!r:.80})'
+        ) from error
+    for threshold in thresholds:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise TextclfError(f"{path}: refusing to load, a threshold must be in [0, 1] (got {threshold!r:.40})")
+    return [float(threshold) for threshold in thresholds]
+
+
 class TextclfModel(mlflow.pyfunc.PythonModel):
     """Raw text -> the encoder preprocess used -> the trained classifier -> calibrated probabilities.
 
@@ -140,16 +161,20 @@ class TextclfModel(mlflow.pyfunc.PythonModel):
         self.module = load_shipped(artifacts["weights"], artifacts["hyperparameters"]).eval()
         self.max_len = tokens_kept(self.module.hparams.model)  # tokens kept per document, as in training
         self.temperature = read_temperature(artifacts["calibration"])
+        # A multi-label model's thresholds (None: one label per text, the most probable).
+        self.thresholds = read_thresholds(artifacts["thresholds"], self.labels) if "thresholds" in artifacts else None
 
     @torch.inference_mode()
     def probabilities(self, texts: list[str]) -> torch.Tensor:
         """-> (N, C) float32 softmax(logits / temperature) over the classes (evaluate's
-        calibrated probabilities), in batches of BATCH_SIZE documents."""
+        calibrated probabilities; a multi-label model's sigmoid(logits / temperature) per
+        label), in batches of BATCH_SIZE documents."""
         chunks = [torch.zeros(0, len(self.labels))]
         for start in range(0, len(texts), BATCH_SIZE):
             encoded = self.encoder.encode(texts[start : start + BATCH_SIZE])
             batch = clip_documents(encoded["tokens"], encoded["offsets"], encoded["lengths"], self.max_len)
-            chunks.append(calibrated(self.module(batch).float(), self.temperature))  # (B, C)
+            logits = self.module(batch).float()
+            chunks.append(calibrated(logits, self.temperature, self.thresholds is not None))  # (B, C)
         return torch.cat(chunks)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -159,16 +184,32 @@ class TextclfModel(mlflow.pyfunc.PythonModel):
         logged signature is the one that is enforced.)"""
         probabilities = self.probabilities(texts_of(model_input))
         frame = pd.DataFrame(probabilities.double().numpy(), columns=self.labels)
+        if self.thresholds is not None:
+            return self.label_sets(probabilities, frame)
         frame.insert(0, LABEL_COLUMN, [self.labels[i] for i in probabilities.argmax(dim=1).tolist()])
         return frame
 
+    def label_sets(self, probabilities: torch.Tensor, frame: pd.DataFrame) -> pd.DataFrame:
+        """A multi-label model's output: ``labels``, the list of labels whose probability reaches
+        its threshold (in label order; [] for none), then every label's probability (float64,
+        each in [0, 1], not summing to one). ``mlflow models serve`` answers it as JSON:
+        {"predictions": [{"labels": ["a", "b"], "a": 0.91, ...}, ...]}."""
+        from textclf.thresholds import decide
 
-def signature(labels: list[str]) -> mlflow.models.ModelSignature:
+        given = decide(probabilities, self.thresholds).tolist()
+        chosen = [[name for name, has in zip(self.labels, row) if has] for row in given]
+        frame.insert(0, LABELS_COLUMN, pd.Series(chosen, dtype=object))
+        return frame
+
+
+def signature(labels: list[str], multi_label: bool = False) -> mlflow.models.ModelSignature:
     from mlflow.types import ColSpec, Schema
+    from mlflow.types.schema import Array
 
+    first = ColSpec(Array("string"), LABELS_COLUMN) if multi_label else ColSpec("string", LABEL_COLUMN)
     return mlflow.models.ModelSignature(
         inputs=Schema([ColSpec("string", TEXT_COLUMN)]),
-        outputs=Schema([ColSpec("string", LABEL_COLUMN), *(ColSpec("double", name) for name in labels)]),
+        outputs=Schema([first, *(ColSpec("double", name) for name in labels)]),
     )
 
 
@@ -194,7 +235,12 @@ def model_requirements(model: dict[str, Any]) -> tuple[str, ...]:
 
 
 def pack(
-    staging: Path, checkpoint: Path, processed: Path, config: dict[str, Any], temperature: float
+    staging: Path,
+    checkpoint: Path,
+    processed: Path,
+    config: dict[str, Any],
+    temperature: float,
+    thresholds: list[float] | None = None,
 ) -> dict[str, str]:
     """Writes the model's files into ``staging``; returns {artifact name: path} for MLflow.
 
@@ -202,7 +248,8 @@ def pack(
     hyperparameters; the encoder is loaded from ``processed`` and saved again (so only an
     encoder that loads is shipped, with exactly the files it reads back: a pretrained
     tokenizer's files, never the model's directory, whose weights are the checkpoint's);
-    ``config`` is saved with secrets masked; ``temperature`` (evaluate's) as calibration.json."""
+    ``config`` is saved with secrets masked; ``temperature`` (evaluate's) as calibration.json,
+    a multi-label model's ``thresholds`` (evaluate's, one per label) as thresholds.json."""
     if not 0 < temperature < math.inf:
         raise TextclfError(f"temperature {temperature}: must be a positive number to ship the model")
     files = {
@@ -219,31 +266,49 @@ def pack(
     shutil.copyfile(processed / LABELS_FILE, staging / LABELS_FILE)
     (staging / CALIBRATION_FILE).write_text(json.dumps({"temperature": temperature}) + "\n", encoding="utf-8")
     save_shipped(checkpoint, staging / WEIGHTS_FILE, staging / HYPERPARAMETERS_FILE)
+    if thresholds is not None:
+        labels = read_labels(processed)
+        text = json.dumps({"thresholds": dict(zip(labels, thresholds, strict=True))}, indent=2, ensure_ascii=False)
+        (staging / THRESHOLDS_FILE).write_text(text + "\n", encoding="utf-8")
+        files["thresholds"] = THRESHOLDS_FILE
     return {name: str(staging / file) for name, file in files.items()}
 
 
 def log_model(
-    uri: str, run_id: str, checkpoint: Path, processed: Path, config: dict[str, Any], temperature: float
+    uri: str,
+    run_id: str,
+    checkpoint: Path,
+    processed: Path,
+    config: dict[str, Any],
+    temperature: float,
+    thresholds: list[float] | None = None,
 ) -> str:
     """Logs the pyfunc model to run ``run_id`` as ``model``; returns its URI (runs:/<id>/model).
 
     ``checkpoint`` is the best checkpoint, ``processed`` the directory holding the encoder
     and labels it was trained on (as preprocess saved them), ``config`` the resolved config
     that trained it (shipped as config.yaml), ``temperature`` the one evaluate fitted on the
-    validation split (textclf.calibration; 1.0 ships the softmax as trained)."""
+    validation split (textclf.calibration; 1.0 ships the softmax as trained), ``thresholds`` a
+    multi-label model's (textclf.thresholds), which make its output a set of labels per text."""
     labels = read_labels(processed)
     if LABEL_COLUMN in labels:
         raise TextclfError(f"a class is named '{LABEL_COLUMN}', which clashes with the prediction column")
     with tempfile.TemporaryDirectory(prefix="textclf-model-") as tmp:
-        artifacts = pack(Path(tmp), checkpoint, processed, config, temperature)
+        artifacts = pack(Path(tmp), checkpoint, processed, config, temperature, thresholds)
         encoder = load_encoder(Path(artifacts["encoder"]))
         requirements = pip_requirements((*encoder.requirements, *model_requirements(config["model"])))
-        log_pyfunc(uri, run_id, MODEL_CODE, artifacts, labels, requirements)
+        log_pyfunc(uri, run_id, MODEL_CODE, artifacts, labels, requirements, multi_label=thresholds is not None)
     return f"runs:/{run_id}/{MODEL_NAME}"
 
 
 def log_pyfunc(
-    uri: str, run_id: str, code_file: Path, artifacts: dict[str, str], labels: list[str], requirements: list[str]
+    uri: str,
+    run_id: str,
+    code_file: Path,
+    artifacts: dict[str, str],
+    labels: list[str],
+    requirements: list[str],
+    multi_label: bool = False,
 ) -> None:
     """Logs a models-from-code pyfunc to run ``run_id`` as ``model`` (runs:/<id>/model):
     ``code_file`` (pyfunc_model.py, or the ensemble's) names the model class, ``artifacts``
@@ -277,7 +342,7 @@ def log_pyfunc(
                     python_model=str(code_file),
                     artifacts=artifacts,
                     code_paths=[str(code)],
-                    signature=signature(labels),
+                    signature=signature(labels, multi_label),
                     input_example=pd.DataFrame({TEXT_COLUMN: EXAMPLE_TEXTS}),
                     pip_requirements=requirements,
                 )

@@ -22,7 +22,8 @@ from textclf.data.encoded import EncodedSplit, read_labels, read_manifest
 
 class Batch(dict):
     """tokens (T,) int64 flat ids; offsets (B,) start of each document in tokens;
-    lengths (B,) tokens per document; labels (B,) class indices. Or, where the model's
+    lengths (B,) tokens per document; labels (B,) class indices, or (B, C) uint8 multi-hot
+    labels of a multi-label corpus. Or, where the model's
     document vectors were computed once (a frozen encoder: models/embeddings.py), features
     (B, H) and labels (B,)."""
 
@@ -149,8 +150,11 @@ class TextDataModule(pl.LightningDataModule):
         self.length_buckets = length_buckets  # batches per length-sorted bucket (training only)
         self.embeddings_cache = embeddings_cache  # where features are kept across trainings (None: not kept)
         # Rows of the embedding table the ids need: the encoder's vocabulary, as preprocess recorded it.
-        self.vocab_size: int = read_manifest(self.processed)["vocab_size"]
+        manifest = read_manifest(self.processed)
+        self.vocab_size: int = manifest["vocab_size"]
         self.labels = read_labels(self.processed)
+        # Several labels per document ((N, C) multi-hot labels; textclf.data.labels).
+        self.multi_label: bool = bool(manifest.get("multi_label", False))
         self.splits: dict[str, EncodedSplit] = {}
         # (N, H) per split: the model's document vectors, computed once (models/embeddings.py),
         # which that split's batches then carry in place of the tokens.

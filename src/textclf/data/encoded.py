@@ -4,6 +4,7 @@ A split of N documents is three tensors, so training never tokenizes:
   tokens  (T,)    int32  every document's token ids, concatenated
   offsets (N+1,)  int64  document i is tokens[offsets[i]:offsets[i+1]]
   labels  (N,)    int64  class index into labels.json
+          (N, C)  uint8  or, for a multi-label corpus, 1 where document i has label j (multi-hot)
 Token id 0 is padding and 1 is <unk>; real words start at 2.
 """
 
@@ -36,7 +37,11 @@ class EncodedSplit:
     labels: torch.Tensor
 
     def __len__(self) -> int:
-        return self.labels.numel()
+        return self.labels.shape[0]
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.ndim == 2
 
     @property
     def lengths(self) -> torch.Tensor:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from textclf.data.encoded import stratified_holdout
+from textclf.data.labels import iterative_holdout
 from textclf.data.sources.base import TEST, TRAIN, VALIDATION, source_of
 from textclf.errors import TextclfError
 
@@ -47,7 +48,12 @@ def class_indices(names: list[str], codes: Iterable[int]) -> tuple[list[str], np
 
 
 def _holdout(labels: np.ndarray, pool: np.ndarray, fraction: float, seed: int, key: str, classes: list[str]):
-    """Indices ``pool`` split into (kept, held out): stratified, ``fraction`` of each class held out."""
+    """Indices ``pool`` split into (kept, held out): stratified, ``fraction`` of each class held out
+    (of multi-hot ``labels`` (N, C), by iterative stratification: textclf.data.labels; a label
+    too rare to be in both is a warning of check_splits, not an error)."""
+    if labels.ndim == 2:
+        kept, held = iterative_holdout(labels[pool], fraction, seed)
+        return pool[kept], pool[held]
     counts = np.bincount(labels[pool], minlength=len(classes))
     few = np.flatnonzero((counts > 0) & (counts < 2))
     if few.size:
@@ -69,8 +75,9 @@ class Splits:
 
 
 def make_splits(codes: np.ndarray, label_ids: np.ndarray, data: DataConfig, classes: list[str]) -> Splits:
-    """(N,) uint8 SPLIT_CODES and (N,) int64 class indices of the documents in source order ->
-    the source's splits, with test and validation held out where it has none."""
+    """(N,) uint8 SPLIT_CODES and (N,) int64 class indices (or (N, C) multi-hot labels) of the
+    documents in source order -> the source's splits, with test and validation held out where
+    it has none."""
     pool, val, test = (np.flatnonzero(codes == code) for code in (0, 1, 2))
     how = {"train": "source", "val": "source", "test": "source"}
     if test.size == 0:
@@ -80,7 +87,8 @@ def make_splits(codes: np.ndarray, label_ids: np.ndarray, data: DataConfig, clas
         pool, val = _holdout(label_ids, pool, data.val_fraction, data.split_seed, "val_fraction", classes)
         how["val"] = f"held out: data.val_fraction={data.val_fraction}, data.split_seed={data.split_seed}"
         if val.size == 0:
-            largest = int(np.bincount(label_ids[pool]).max())
+            per_class = label_ids[pool].sum(axis=0) if label_ids.ndim == 2 else np.bincount(label_ids[pool])
+            largest = int(per_class.max())
             raise TextclfError(
                 f"data.val_fraction={data.val_fraction} holds out no validation document from {pool.size} "
                 f"training documents in {len(classes)} classes (at most {largest} per class); "

@@ -1,8 +1,8 @@
 """Loading a checkpoint as data: tensors and plain values, checked before anything is built.
 
 A checkpoint holds ``state_dict`` (the weights) and ``hyper_parameters``: the ``model``,
-``optimizer`` and ``scheduler`` config sections, ``vocab_size``, ``num_classes`` and
-``label_smoothing`` (and class weights, loss) that TextClassifier was built with. ``torch.load(weights_only=True)``
+``optimizer`` and ``scheduler`` config sections, ``vocab_size``, ``num_classes``,
+``label_smoothing``, ``class_weights``, ``loss`` and ``multi_label`` that TextClassifier was built with. ``torch.load(weights_only=True)``
 refuses pickled code, but the sections name what gets built (``_target_``), so a tampered
 file could still name ``os.system`` or nest one ``_target_`` inside another. They are
 therefore checked as the config is (config.py: the project's own targets only, arguments
@@ -49,6 +49,7 @@ class Hyperparameters(_Section):
     label_smoothing: Fraction = 0.0  # TextClassifier's default: checkpoints from before it
     class_weights: list[Annotated[float, Field(gt=0)]] | None = None  # the same
     loss: LossName = "cross_entropy"  # the same
+    multi_label: bool = False  # the same
 
 
 def check_hyperparameters(values: Any) -> list[str]:

@@ -1,5 +1,9 @@
 """The LightningModule: a backbone from conf/model, the loss of train.loss (textclf.models.losses), the
-metrics of textclf.metrics."""
+metrics of textclf.metrics.
+
+A multi-label model (``multi_label``: the processed data holds (N, C) multi-hot labels) has the
+same backbone and logits, read as one sigmoid per label, and trains with binary cross-entropy
+(textclf.models.losses), label smoothing and class weights in their binary forms."""
 
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ class TextClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         class_weights: list[float] | None = None,
         loss: LossName = "cross_entropy",
+        multi_label: bool = False,
     ) -> None:
         super().__init__()
         # Saved in the checkpoint; the train stage logs the whole flattened config itself.
@@ -51,10 +56,12 @@ class TextClassifier(pl.LightningModule):
         recorded = getattr(self.backbone, "checkpoint_settings", dict)()
         if recorded:
             self.hparams["model"] = {**model, **recorded}
-        # (C,) loss weight per class (train.class_weights); None weighs every document alike.
+        # (C,) loss weight per class (train.class_weights; a multi-label model's pos_weight);
+        # None weighs every document alike.
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
-        self.criterion = build_criterion(loss, weight, label_smoothing)
-        self.val_metrics = val_metrics(num_classes)
+        self.criterion = build_criterion(loss, weight, label_smoothing, multi_label)
+        self.multi_label = multi_label
+        self.val_metrics = val_metrics(num_classes, multi_label)
         self.train_loss = MeanMetric()  # the epoch's training loss, weighted by documents
 
     def setup(self, stage: str) -> None:
@@ -93,7 +100,7 @@ class TextClassifier(pl.LightningModule):
                 f"training loss is {value} at epoch {self.current_epoch}, step {self.global_step}"
                 " (lower optimizer.lr or set trainer.gradient_clip_val)"
             )
-        size = batch["labels"].numel()
+        size = batch["labels"].shape[0]
         # Every step counts in the epoch's mean (``train_loss.update``, ~20 us); ``self.log``, whose
         # bookkeeping costs ~0.25 ms a call (a sixtieth of a fasttext step on 2 cores), runs only
         # on the steps the loggers record (``trainer.log_every_n_steps``) and once per epoch, at
@@ -109,8 +116,10 @@ class TextClassifier(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self._logits(batch)
         loss = self.criterion(logits, batch["labels"])
-        size = batch["labels"].numel()
-        self.val_metrics.update(logits, batch["labels"])
+        size = batch["labels"].shape[0]
+        # A multi-label model's metrics take probabilities (torchmetrics would take logits that
+        # all happen to lie in [0, 1] for probabilities).
+        self.val_metrics.update(logits.sigmoid() if self.multi_label else logits, batch["labels"])
         self.log(VAL_LOSS, loss, on_epoch=True, batch_size=size, sync_dist=True)
         # Logging the metric objects lets Lightning compute and sync them across DDP ranks.
         self.log_dict(self.val_metrics, on_epoch=True, batch_size=size)

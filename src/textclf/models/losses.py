@@ -25,6 +25,12 @@ class SquaredHingeLoss(nn.Module):
         self.register_buffer("weight", weight)  # (C,) or None, stored as CrossEntropyLoss stores it
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if labels.dim() == 2:  # (B, C) multi-hot: each label its own binary problem
+            signs = labels.to(logits.dtype) * 2 - 1  # (B, C): +1 for the document's labels
+            terms = (1 - signs * logits).clamp(min=0).square()  # (B, C)
+            if self.weight is not None:  # a multi-label model's class weights weigh positives (pos_weight)
+                terms = terms * torch.where(labels.bool(), self.weight.to(terms.dtype), 1.0)
+            return terms.sum(dim=1).mean()
         signs = torch.full_like(logits, -1.0)  # (B, C): -1 everywhere but the document's class
         signs.scatter_(1, labels.unsqueeze(1), 1.0)
         per_document = (1 - signs * logits).clamp(min=0).square().sum(dim=1)  # (B,)
@@ -34,9 +40,15 @@ class SquaredHingeLoss(nn.Module):
         return (per_document * weights).sum() / weights.sum()
 
 
-def build_criterion(loss: LossName, weight: torch.Tensor | None, label_smoothing: float) -> nn.Module:
-    """The module that scores logits against labels; label smoothing is cross-entropy's only
-    (config validation refuses it with squared_hinge)."""
+def build_criterion(
+    loss: LossName, weight: torch.Tensor | None, label_smoothing: float, multi_label: bool = False
+) -> nn.Module:
+    """The module that scores logits against labels (B,), or multi-hot targets (B, C) when
+    ``multi_label``: cross-entropy becomes binary cross-entropy per label, and the squared hinge
+    takes each label's own +1/-1 target. Label smoothing is cross-entropy's only (config
+    validation refuses it with squared_hinge)."""
     if loss == "squared_hinge":
         return SquaredHingeLoss(weight)
+    if multi_label:
+        return MultiLabelLoss(label_smoothing, pos_weight=weight)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)

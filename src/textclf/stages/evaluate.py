@@ -16,6 +16,12 @@ F1 and of the learning curves (from training_curves.csv), and the shipped model
 (``runs:/<id>/model``, see textclf.serving): the checkpoint, the encoder and labels of
 ``<paths.processed>/``, the config that trained it (``<paths.models>/config.yaml``) and T, so
 it returns the calibrated probabilities.
+
+A multi-label model (textclf.data.labels) writes the same files: the test scores at the
+decision thresholds tuned on the validation split (``train.threshold``, textclf.thresholds),
+which ship with the model; per label precision, recall, F1, support and threshold; a
+confusion of labels in which ``(none)`` stands for a label missed (column) or given wrongly
+(row); the calibration of every (text, label) pair (``evaluate_multi_label``).
 """
 
 from __future__ import annotations
@@ -45,15 +51,20 @@ from textclf.encoders.base import TextEncoder, load_encoder
 from textclf.errors import TextclfError, run_cli
 from textclf.hashing import file_sha256
 from textclf.metrics import (
+    CARDINALITY,
+    CARDINALITY_PREDICTED,
     ECE_CALIBRATED,
     ECE_UNCALIBRATED,
     F1_MACRO,
     LOSS,
     LOSS_CALIBRATED,
+    MULTI_LABEL_TEST_SCORES,
     TEMPERATURE,
     TEST_SCORES,
+    THRESHOLD,
     evaluation_metrics,
     logged_name,
+    multi_label_evaluation_metrics,
 )
 from textclf.models.checkpoint import load_checkpoint
 from textclf.models.classifier import TextClassifier
@@ -148,6 +159,17 @@ def evaluate(
         eval_batch_size=cfg.train.eval_batch_size,
         max_len=tokens_kept(module.hparams.model),
     )
+    details = {  # the run report's header
+        "MLflow run": reference["run_id"],
+        "corpus": cfg.data.corpus,
+        "model": module.hparams.model.get("_target_", "?"),
+        "checkpoint sha256": checkpoint_sha256,
+    }
+    if datamodule.multi_label:
+        metrics, thresholds = evaluate_multi_label(cfg, module, datamodule, reports_dir, details)
+        with store_errors(uri):
+            log_to_run(cfg, models_dir, processed, metrics, reports_dir, reference, thresholds)
+        return metrics
     names = datamodule.labels
     temperature = calibration_temperature(cfg, module, datamodule)  # before the test split is read
     logits, labels = predict(module, datamodule)
@@ -192,12 +214,7 @@ def evaluate(
         per_class,
         {"confusion": png, "curves": curves_png(reports_dir), "reliability": reliability},
         confident_test_errors(module, datamodule, load_encoder(processed), probabilities["calibrated"], labels),
-        details={
-            "MLflow run": reference["run_id"],
-            "corpus": cfg.data.corpus,
-            "model": module.hparams.model.get("_target_", "?"),
-            "checkpoint sha256": checkpoint_sha256,
-        },
+        details=details,
     )
 
     # Everything is computed before the first write; the reports are written as one (all staged,
@@ -224,6 +241,97 @@ def confusion_png(confusion: torch.Tensor, names: list[str]) -> bytes:
     from textclf import plots
 
     return plots.png_bytes(plots.confusion(confusion, names))
+
+
+NO_LABEL = "(none)"  # a multi-label confusion's row or column for "no label": a label given wrongly, or missed
+
+
+def multi_label_confusion(labels: torch.Tensor, predicted: torch.Tensor, names: list[str]) -> list[tuple[str, str]]:
+    """(N, C) true and predicted 0/1 labels -> (actual, predicted) rows, one per text and label
+    it has or is given: (label, label) for a label found, (label, NO_LABEL) for one missed,
+    (NO_LABEL, label) for one given wrongly. Its confusion matrix (names + NO_LABEL) has the
+    true positives on the diagonal, the false negatives in the last column, the false
+    positives in the last row."""
+    rows = []
+    for truth, given in zip(labels.bool().tolist(), predicted.bool().tolist()):
+        for name, has, got in zip(names, truth, given):
+            if has or got:
+                rows.append((name if has else NO_LABEL, name if got else NO_LABEL))
+    return rows
+
+
+def evaluate_multi_label(
+    cfg: Config, module: TextClassifier, datamodule: TextDataModule, reports_dir: Path, details: dict[str, str]
+) -> tuple[dict[str, float], list[float]]:
+    """A multi-label model's evaluate: temperature, then thresholds, on the validation split;
+    the test split scored at them. Writes the reports (as evaluate's; the run report without
+    its section of confident errors, which explains single-label decisions); -> (metrics, thresholds)."""
+    from textclf.thresholds import decide, tune_thresholds
+
+    names = datamodule.labels
+    val_logits, val_labels = predict(module, datamodule, split="val")  # the test split is not read yet
+    temperature = 1.0
+    if cfg.calibration.method != "none":
+        temperature = round(fit_temperature(val_logits, val_labels), 6)
+    thresholds = tune_thresholds(calibrated(val_logits, temperature, multi_label=True), val_labels, cfg.train.threshold)
+    logits, labels = predict(module, datamodule)
+    probabilities = {"uncalibrated": logits.sigmoid(), "calibrated": calibrated(logits, temperature, multi_label=True)}
+    predicted = decide(probabilities["calibrated"], thresholds)  # (N, C) bool, as the shipped model decides
+    scores = multi_label_evaluation_metrics(len(names))(predicted.long(), labels.long())
+    metrics = {key: round(float(scores[key]), 6) for key in MULTI_LABEL_TEST_SCORES}
+    metrics[LOSS] = round(float(F.binary_cross_entropy_with_logits(logits, labels.float())), 6)
+    metrics["num_test"] = int(labels.shape[0])
+    metrics[CARDINALITY] = round(float(labels.sum(dim=1, dtype=torch.float64).mean()), 6)
+    metrics[CARDINALITY_PREDICTED] = round(float(predicted.sum(dim=1, dtype=torch.float64).mean()), 6)
+    support = labels.sum(dim=0, dtype=torch.int64)
+    counted = (support + predicted.sum(dim=0)) > 0  # as torchmetrics' macro averages count labels
+    metrics["macro_classes"] = int(counted.sum())
+    metrics[ECE_UNCALIBRATED] = round(expected_calibration_error(probabilities["uncalibrated"], labels), 6)
+    metrics[ECE_CALIBRATED] = round(expected_calibration_error(probabilities["calibrated"], labels), 6)
+    metrics[LOSS_CALIBRATED] = round(float(F.binary_cross_entropy_with_logits(logits / temperature, labels.float())), 6)
+    metrics[TEMPERATURE] = temperature
+    if cfg.train.threshold == "global":
+        metrics[THRESHOLD] = thresholds[0]
+    bins = {name: reliability_bins(p, labels) for name, p in probabilities.items()}
+    per_class = {
+        name: {
+            "precision": round(float(scores["precision"][i]), 6),
+            "recall": round(float(scores["recall"][i]), 6),
+            "f1": round(float(scores["f1"][i]), 6),
+            "support": int(support[i]),
+            "threshold": thresholds[i],
+        }
+        for i, name in enumerate(names)
+    }
+    pairs = multi_label_confusion(labels, predicted, names)
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["actual", "predicted"])
+    writer.writerows(pairs)
+    shown = [*names, NO_LABEL]
+    index = {name: i for i, name in enumerate(shown)}
+    confusion = torch.zeros(len(shown), len(shown), dtype=torch.int64)
+    for actual, given in pairs:
+        confusion[index[actual], index[given]] += 1
+    summary = {**metrics, "multi_label": True, "threshold_tuning": cfg.train.threshold}
+    if not bool(counted.all()):
+        summary["macro_excludes"] = [name for name, kept in zip(names, counted.tolist()) if not kept]
+    png, reliability = confusion_png(confusion, shown), reliability_png(bins, metrics)
+    figures = {"confusion": png, "curves": curves_png(reports_dir), "reliability": reliability}
+    report = render_report(summary, per_class, figures, [], details=details)
+    write_files(
+        {
+            reports_dir / PER_CLASS_FILE: _json_bytes(per_class),
+            reports_dir / CONFUSION_CSV: rows.getvalue().encode(),
+            reports_dir / PER_CLASS_F1_CSV: per_class_f1_csv(per_class).encode(),
+            reports_dir / CONFUSION_PNG: png,
+            **{reports_dir / RELIABILITY_CSVS[name]: reliability_csv(rows).encode() for name, rows in bins.items()},
+            reports_dir / RELIABILITY_PNG: reliability,
+            reports_dir / REPORT_HTML: report.encode(),
+            reports_dir / METRICS_FILE: _json_bytes(summary),
+        }
+    )
+    return metrics, thresholds
 
 
 def reliability_png(bins: dict[str, list[dict[str, float]]], metrics: dict[str, float]) -> bytes:
@@ -362,10 +470,12 @@ def log_to_run(
     metrics: dict[str, float],
     reports_dir: Path,
     reference: dict[str, str] | None = None,
+    thresholds: list[float] | None = None,
 ) -> None:
     """Adds test metrics and reports, then the shipped model (the checkpoint with the
     encoder and labels of ``processed``), to the run that trained the checkpoint
-    (``reference``: models_dir's mlflow_run.json as read when the checkpoint was loaded)."""
+    (``reference``: models_dir's mlflow_run.json as read when the checkpoint was loaded);
+    ``thresholds``, a multi-label model's (one per label), ship with it."""
     from mlflow.entities import Metric
     from mlflow.exceptions import MlflowException
 
@@ -401,7 +511,9 @@ def log_to_run(
         # temperature evaluate fitted, so the model serves the calibrated probabilities.
         config = yaml.safe_load((models_dir / "config.yaml").read_text(encoding="utf-8"))
         checkpoint = models_dir / f"{CHECKPOINT_NAME}.ckpt"
-        log_model(store.uri, run_id, checkpoint, processed, config, metrics[TEMPERATURE])  # runs:/<id>/model
+        log_model(
+            store.uri, run_id, checkpoint, processed, config, metrics[TEMPERATURE], thresholds
+        )  # runs:/<id>/model
     if store.get_run(run_id).info.status == "RUNNING":
         store.set_terminated(run_id)
 

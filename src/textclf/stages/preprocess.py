@@ -31,8 +31,9 @@ import torch
 from textclf.atomic import staged_dir, write_json
 from textclf.config import DATA_SECTIONS, Config, build, load_params
 from textclf.data.encoded import LABELS_FILE, MANIFEST_FILE, EncodedSplit, TokenIds
+from textclf.data.labels import checked_kinds, multi_hot, present
 from textclf.data.sources.base import RECORD_FILE, Example, build_source
-from textclf.data.splits import SPLIT_CODES, Splits, class_indices, make_splits
+from textclf.data.splits import SPLIT_CODES, Splits, class_indices, class_order, make_splits
 from textclf.encoders.base import ENCODER_FILE, TextEncoder, build_encoder
 from textclf.encoders.vocabulary import VocabularyEncoder
 from textclf.errors import TextclfError, run_cli
@@ -46,6 +47,7 @@ FORMAT_VERSION = 2  # bump when the processed layout or tokenization changes
 # Output columns of the shipped model (serving.LABEL_COLUMN) and of `textclf.predict`
 # (predict.PROBABILITY_COLUMN), beside one probability column per class.
 RESERVED_CLASS_NAMES = ("label", "probability")
+RESERVED_MULTI_LABEL_NAMES = ("labels",)  # a multi-label model's output column (serving.LABELS_COLUMN)
 CHUNK_DOCUMENTS = 2048  # documents tokenized per task of the second process
 CHUNK_TOKENS = 1 << 24  # token ids counted or mapped at a time (bounds numpy's int64 temporaries)
 
@@ -68,7 +70,10 @@ class Corpus:
     chunks: list[np.ndarray] = field(default_factory=list)  # int32 token ids, in document order
     lengths: list[np.ndarray] = field(default_factory=list)  # int64 tokens per document, per chunk
     labels: list[str] = field(default_factory=list)  # label names, first-seen order
-    label_codes: list[int] = field(default_factory=list)  # (N,) index into labels
+    label_codes: list[int] = field(default_factory=list)  # (N,) index into labels (single-label)
+    # Multi-label (every example's label a tuple): (N,) each document's indices into labels.
+    label_sets: list[tuple[int, ...]] = field(default_factory=list)
+    multi_label: bool = False
     splits: bytearray = field(default_factory=bytearray)  # (N,) SPLIT_CODES (textclf.data.splits)
     unsplit: int = 0  # documents the source gave no split
     digests: list[bytes] = field(default_factory=list)  # (N,) 16-byte hash of each text (duplicates)
@@ -76,7 +81,7 @@ class Corpus:
     empty: int = 0  # documents with no text
 
     def __len__(self) -> int:
-        return len(self.label_codes)
+        return len(self.splits)
 
 
 def _tokenize_chunk(description: dict, texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -125,11 +130,11 @@ def _chunks(examples: Iterable[Example], corpus: Corpus) -> Iterator[list[str]]:
     label_index: dict[str, int] = {}
     texts: list[str] = []
     for example in examples:
-        code = label_index.get(example.label)
-        if code is None:
-            code = label_index[example.label] = len(corpus.labels)
-            corpus.labels.append(example.label)
-        corpus.label_codes.append(code)
+        if isinstance(example.label, tuple):  # one kind per corpus: textclf.data.labels.checked_kinds
+            corpus.multi_label = True
+            corpus.label_sets.append(tuple(_label_code(name, label_index, corpus) for name in example.label))
+        else:
+            corpus.label_codes.append(_label_code(example.label, label_index, corpus))
         corpus.splits.append(SPLIT_CODES[example.split])
         corpus.unsplit += example.split is None
         corpus.fallbacks += example.fallback
@@ -141,6 +146,14 @@ def _chunks(examples: Iterable[Example], corpus: Corpus) -> Iterator[list[str]]:
             texts = []
     if texts:
         yield texts
+
+
+def _label_code(name: str, label_index: dict[str, int], corpus: Corpus) -> int:
+    code = label_index.get(name)
+    if code is None:
+        code = label_index[name] = len(corpus.labels)
+        corpus.labels.append(name)
+    return code
 
 
 def read_corpus(examples: Iterable[Example], encoder: TextEncoder, parallel: bool = True) -> Corpus:
@@ -203,9 +216,10 @@ def _read_final_ids(examples: Iterable[Example], encoder: TextEncoder) -> Corpus
 # --- labels and splits ---------------------------------------------------------------------
 
 
-def check_class_names(classes: list[str]) -> None:
+def check_class_names(classes: list[str], multi_label: bool = False) -> None:
     """Class names become column names and plot labels: each must be valid UTF-8 (a tar member
     name may carry surrogate escapes), not empty, and not a reserved column name."""
+    reserved = RESERVED_CLASS_NAMES + (RESERVED_MULTI_LABEL_NAMES if multi_label else ())
     for name in classes:
         try:
             name.encode("utf-8")
@@ -216,7 +230,7 @@ def check_class_names(classes: list[str]) -> None:
             ) from None
         if not name.strip():
             raise TextclfError(f"class {name!r}: an empty label (give every document a label)")
-        if name in RESERVED_CLASS_NAMES:
+        if name in reserved:
             raise TextclfError(
                 f"class '{name}': a class may not be named '{name}', which is a column of the model's output "
                 "(rename the folder or the label)"
@@ -238,19 +252,30 @@ def count_duplicates(corpus: Corpus, splits: Splits) -> dict[str, int]:
 
 
 def check_splits(corpus: Corpus, splits: Splits, label_ids: np.ndarray, classes: list[str]) -> list[str]:
-    """Refuses what would make the test score meaningless; returns the warnings to print."""
-    train_classes = set(label_ids[np.concatenate([splits.train, splits.val])].tolist())
-    test_classes = set(label_ids[splits.test].tolist())
+    """Refuses what would make the test score meaningless; returns the warnings to print.
+    ``label_ids``: (N,) class indices, or (N, C) multi-hot labels (a multi-label corpus)."""
+    multi_label = label_ids.ndim == 2
+    train_classes = present(label_ids, np.concatenate([splits.train, splits.val]))
+    test_classes = present(label_ids, splits.test)
     unseen = sorted(classes[c] for c in test_classes - train_classes)
     if unseen:
         raise TextclfError(f"test classes missing from the training split: {unseen} (add training documents of them)")
-    if len(train_classes) < 2:
+    if multi_label and not train_classes:
+        raise TextclfError("the training documents have no label at all: a multi-label classifier needs some")
+    if not multi_label and len(train_classes) < 2:
         only = classes[next(iter(train_classes))] if train_classes else "none"
         raise TextclfError(f"the training documents have a single class ({only!r}): a classifier needs at least two")
     warnings = []
     missing = sorted(classes[c] for c in train_classes - test_classes)
     if missing:
         warnings.append(f"classes with no test document (macro averages run over the others): {missing}")
+    if multi_label:  # iterative stratification keeps a label too rare for every split in training
+        no_val = sorted(classes[c] for c in train_classes - present(label_ids, splits.val))
+        if no_val:
+            warnings.append(f"labels with no validation document (their thresholds are not tuned on any): {no_val}")
+        only_val = sorted(classes[c] for c in present(label_ids, splits.val) - present(label_ids, splits.train))
+        if only_val:
+            warnings.append(f"labels with no training document, only validation ones: {only_val}")
     if splits.how["test"] == "source" and splits.test.size:
         seen = {corpus.digests[i] for i in np.concatenate([splits.train, splits.val]).tolist()}
         if all(corpus.digests[i] in seen for i in splits.test.tolist()):
@@ -282,7 +307,8 @@ def training_counts(corpus: Corpus, flat: np.ndarray, offsets: np.ndarray, train
 
 def encoded_split(flat: np.ndarray, offsets: np.ndarray, chosen: np.ndarray, labels: np.ndarray) -> EncodedSplit:
     """The documents ``chosen`` (ascending) as an EncodedSplit: ``flat`` (T,) int32 vocabulary ids
-    of every document, ``offsets`` (N+1,) where each starts, ``labels`` (N,) class indices."""
+    of every document, ``offsets`` (N+1,) where each starts, ``labels`` (N,) class indices or
+    (N, C) uint8 multi-hot labels (kept as they are)."""
     lengths = offsets[1:] - offsets[:-1]
     keep = np.zeros(len(lengths), dtype=bool)
     keep[chosen] = True
@@ -292,8 +318,18 @@ def encoded_split(flat: np.ndarray, offsets: np.ndarray, chosen: np.ndarray, lab
     return EncodedSplit(
         tokens=torch.from_numpy(tokens),
         offsets=torch.from_numpy(split_offsets),
-        labels=torch.from_numpy(labels[chosen].astype(np.int64)),
+        labels=torch.from_numpy(labels[chosen] if labels.ndim == 2 else labels[chosen].astype(np.int64)),
     )
+
+
+def multi_label_counts(labels: np.ndarray) -> dict:
+    """The manifest's record of a multi-label corpus ((N, C) multi-hot ``labels``)."""
+    per_document = labels.sum(axis=1)
+    return {
+        "multi_label": True,
+        "unlabelled_documents": int((per_document == 0).sum()),  # allowed: counted, and reported
+        "labels_per_document": round(float(per_document.mean()), 6),
+    }
 
 
 def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True) -> dict:
@@ -302,11 +338,15 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True)
     started = time.perf_counter()
     source, encoder = build_source(cfg), build_encoder(cfg)
     record = read_record(raw_dir)
-    corpus = read_corpus(source.read(raw_dir), encoder, parallel)
+    corpus = read_corpus(checked_kinds(source.read(raw_dir), cfg.data.multi_label), encoder, parallel)
     if len(corpus) == 0:
         raise TextclfError(f"{cfg.data.corpus}: the source holds no documents")
-    classes, label_ids = class_indices(corpus.labels, corpus.label_codes)
-    check_class_names(classes)
+    if corpus.multi_label:  # (N, C) uint8 multi-hot (textclf.data.labels)
+        classes = class_order(corpus.labels)
+        label_ids = multi_hot(corpus.labels, corpus.label_sets, classes)
+    else:
+        classes, label_ids = class_indices(corpus.labels, corpus.label_codes)
+    check_class_names(classes, corpus.multi_label)
     splits = make_splits(np.frombuffer(bytes(corpus.splits), dtype=np.uint8), label_ids, cfg.data, classes)
     warnings = check_splits(corpus, splits, label_ids, classes)
     duplicates = count_duplicates(corpus, splits)
@@ -356,9 +396,8 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True)
             "duplicates": duplicates,
             "decode_fallbacks": corpus.fallbacks,
             "empty_documents": corpus.empty,
-            "classes_missing_from_test": sorted(
-                set(classes) - {classes[c] for c in set(label_ids[splits.test].tolist())}
-            ),
+            "classes_missing_from_test": sorted(set(classes) - {classes[c] for c in present(label_ids, splits.test)}),
+            **(multi_label_counts(label_ids) if corpus.multi_label else {}),
             "tokens": tokens,
             "files": files,
             "params": {"data": cfg.data.model_dump(mode="json", by_alias=True), "encoder": encoder.settings()},
@@ -371,6 +410,11 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True)
         print(f"preprocess: warning: {duplicates['test_in_train']} test documents also occur in training")
     if any(duplicates.values()):
         print(f"preprocess: duplicate documents (identical text, all kept): {json.dumps(duplicates)}")
+    if corpus.multi_label:
+        print(
+            f"preprocess: multi-label, {len(classes)} labels, {manifest['labels_per_document']:.2f} per document; "
+            f"{manifest['unlabelled_documents']} documents without a label"
+        )
     if corpus.fallbacks:
         print(f"preprocess: {corpus.fallbacks} documents were not valid in the source's encoding (read as Latin-1)")
     return manifest

@@ -171,6 +171,7 @@ def build_module(cfg: Config, datamodule: TextDataModule) -> TextClassifier:
         label_smoothing=cfg.train.label_smoothing,
         class_weights=class_weights(cfg, datamodule),
         loss=cfg.train.loss,
+        multi_label=datamodule.multi_label,
     )
 
 
@@ -180,8 +181,28 @@ def class_weights(cfg: Config, datamodule: TextDataModule) -> list[float] | None
     if cfg.train.class_weights is None:
         return None
     datamodule.setup("fit")
+    if datamodule.multi_label:
+        return positive_weights(datamodule.splits["train"].labels)
     counts = torch.bincount(datamodule.splits["train"].labels, minlength=datamodule.num_classes).clamp(min=1)
     return (counts.sum() / (datamodule.num_classes * counts.double())).tolist()
+
+
+def positive_weights(labels: torch.Tensor) -> list[float]:
+    """train.class_weights=balanced for a multi-label model: each label's pos_weight, its
+    negatives / positives in the training split ((N, C) multi-hot ``labels``; a label with no
+    positive or no negative counts one), so a rare label's positives weigh as its negatives."""
+    positives = labels.sum(dim=0, dtype=torch.float64).clamp(min=1)
+    negatives = (labels.shape[0] - labels.sum(dim=0, dtype=torch.float64)).clamp(min=1)
+    return (negatives / positives).tolist()
+
+
+def check_monitor(cfg: Config, datamodule: TextDataModule) -> None:
+    """train.monitor must be a metric this model logs (val/f1_micro: multi-label models only)."""
+    if cfg.train.monitor in metrics.MULTI_LABEL_MONITORS and not datamodule.multi_label:
+        raise TextclfError(
+            f"train.monitor={cfg.train.monitor}: logged for multi-label data only, and {datamodule.processed} "
+            "holds one label per text: use val/f1_macro, val/accuracy or val/loss"
+        )
 
 
 def build_trainer(cfg: Config, resume: Path, callbacks: list[Callback] | None = None) -> Training:
@@ -328,6 +349,7 @@ def train(
     manifest = read_manifest(processed)
     check_memory(to_dict(cfg), manifest["vocab_size"], manifest["num_classes"])  # before the model is built
     datamodule = build_datamodule(cfg, processed)
+    check_monitor(cfg, datamodule)
     module = build_module(cfg, datamodule)
     resume = resume_dir(cfg, manifest, uri)
     restore_launch_state = launch_state_restorer()  # DDP leaves env vars and a process group behind

@@ -34,7 +34,9 @@ RECORD_FILE = "source.json"  # <raw>/source.json: what the download stage found 
 @dataclass(frozen=True)
 class Example:
     split: str | None  # TRAIN, VALIDATION, TEST, or None
-    label: str
+    # One label; or a multi-label text's labels (a list in the source, or data.label_separator
+    # split it), each name once, () for none (textclf.data.labels checks a source gives one kind).
+    label: str | tuple[str, ...]
     text: str
     origin: str  # where it came from, for messages: "corpus/train/a/1.txt", "reviews.csv row 12"
     # Its bytes were not valid in the source's encoding and were read as Latin-1 instead

@@ -45,8 +45,9 @@ from textclf.data.sources.base import (
 )
 from textclf.data.sources.table import (
     BATCH_ROWS,
-    MULTI_LABEL,
     check_size,
+    label_names,
+    label_separator_of,
     missing_columns,
     quiet_datasets,
     row_label,
@@ -73,6 +74,7 @@ class HuggingFaceDataset(DataSource):
         text_column: str | list[str],
         text_separator: str,
         label_column: str,
+        label_separator: str | None,
         split_names: dict[str, list[str]],
         sha256: str | None,
         limits: Limits | None = None,
@@ -85,6 +87,7 @@ class HuggingFaceDataset(DataSource):
         self.text_columns = text_columns(text_column)
         self.text_separator = text_separator
         self.label_column = label_column
+        self.label_separator = label_separator_of(label_separator)
         self.split_names = {
             split: [names] if isinstance(names, str) else list(names) for split, names in split_names.items()
         }
@@ -244,13 +247,19 @@ class HuggingFaceDataset(DataSource):
         feature = features[self.label_column]
         if isinstance(feature, datasets.ClassLabel):
             return list(feature.names)
-        if isinstance(feature, (list, tuple)) or type(feature).__name__ in ("Sequence", "List", "LargeList"):
-            raise TextclfError(f"{self.path}: the label column '{self.label_column}' holds lists: {MULTI_LABEL}")
+        # A list of ClassLabel (a multi-label dataset's usual feature): the names of its items.
+        inner = getattr(feature, "feature", None)
+        if isinstance(feature, list) and len(feature) == 1:
+            inner = feature[0]
+        if isinstance(inner, datasets.ClassLabel):
+            return list(inner.names)
         return None
 
-    def _label(self, value: Any, names: list[str] | None, where: str) -> str:
+    def _label(self, value: Any, names: list[str] | None, where: str) -> str | tuple[str, ...]:
         if names is None:
-            return row_label(value, where, self.label_column)
+            return row_label(value, where, self.label_column, self.label_separator)
+        if isinstance(value, (list, tuple)):  # a list of ClassLabel integers
+            return label_names([self._label(item, names, where) for item in value], where, self.label_column)
         if value is None or not 0 <= value < len(names):  # -1: no label (GLUE's test splits)
             raise TextclfError(
                 f"{where}: no label in column '{self.label_column}' ({value!r}; its classes are 0 to "

@@ -58,7 +58,6 @@ FORMATS = ("csv", "tsv", "jsonl", "parquet")
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 BATCH_ROWS = 1000  # rows converted to Python at a time
 PARQUET_BUFFER_BYTES = 1 << 20  # the buffered stream a Parquet column chunk is read through
-MULTI_LABEL = "multi-label data is not supported yet (issue: multi-label)"
 # What to do when a file does not parse, by format.
 READ_HINTS = {
     "csv": "check its quoting (a field with a comma, quote or newline must be in double quotes) and delimiter",
@@ -80,6 +79,7 @@ class Table(DataSource):
         text_column: str | list[str],
         text_separator: str,
         label_column: str,
+        label_separator: str | None,
         split_column: str | None,
         split_names: dict[str, list[str]],
         sha256: str | dict[str, str] | None,
@@ -100,6 +100,7 @@ class Table(DataSource):
         self.text_columns = text_columns(text_column)
         self.text_separator = text_separator
         self.label_column = label_column
+        self.label_separator = label_separator_of(label_separator)
         self.split_column = split_column
         self.split_names = {
             split: [names] if isinstance(names, str) else list(names) for split, names in split_names.items()
@@ -165,7 +166,7 @@ class Table(DataSource):
                     where = f"{location} row {row}"
                     text = row_text([batch[column][index] for column in self.text_columns], self.text_separator)
                     check_size(text, where, self.limits)
-                    label = row_label(batch[self.label_column][index], where, self.label_column)
+                    label = row_label(batch[self.label_column][index], where, self.label_column, self.label_separator)
                     split = fixed if self.split_column is None else self._split(batch[self.split_column][index], where)
                     fallback = bool(fallbacks[index]) if fallbacks is not None else False
                     yield Example(split, label, text, where, fallback)
@@ -321,15 +322,43 @@ def row_text(values: Sequence[Any], separator: str) -> str:
     return parts[0] if len(parts) == 1 else separator.join(parts)
 
 
-def row_label(value: Any, where: str, column: str) -> str:
-    """A label as a string (an integer 3 is "3"); one line for a missing or a list-valued one."""
+def row_label(value: Any, where: str, column: str, separator: str | None = None) -> str | tuple[str, ...]:
+    """A label as a string (an integer 3 is "3"); a list of labels (a JSON or Parquet list, or a
+    value ``separator`` splits: data.label_separator) as a tuple of names, () for none (a
+    multi-label text may have no label). One line for a missing label or an empty name."""
     if isinstance(value, (list, tuple)):
-        raise TextclfError(f"{where}: the label column '{column}' holds a list: {MULTI_LABEL}")
+        return label_names(list(value), where, column)
     missing = value is None or (isinstance(value, float) and math.isnan(value))
     label = "" if missing else value if isinstance(value, str) else str(value)
+    if separator is not None:
+        return label_names(label.split(separator), where, column) if label.strip() else ()
     if label.strip() == "":
         raise TextclfError(f"{where}: no label in column '{column}' (every row needs one: fill it in, or drop the row)")
     return label
+
+
+def label_names(values: list[Any], where: str, column: str) -> tuple[str, ...]:
+    """A row's label list -> its names as strings (stripped, each once, in order); one line
+    for an empty or missing name."""
+    names: dict[str, None] = {}
+    for value in values:
+        name = "" if value is None else (value if isinstance(value, str) else str(value)).strip()
+        if not name:
+            raise TextclfError(
+                f"{where}: an empty label name in the label list {values!r} of column '{column}' "
+                "(remove it, or name the label)"
+            )
+        names[name] = None
+    return tuple(names)
+
+
+def label_separator_of(separator: str | None) -> str | None:
+    """data.label_separator: null, or a non-empty string that is not whitespace."""
+    if separator is not None and (not isinstance(separator, str) or not separator.strip()):
+        raise TextclfError(
+            f"data.label_separator: {separator!r} cannot separate labels (a character such as ',' or '|', or null)"
+        )
+    return separator
 
 
 def check_size(text: str, where: str, limits: Limits) -> None:
