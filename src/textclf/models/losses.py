@@ -40,6 +40,23 @@ class SquaredHingeLoss(nn.Module):
         return (per_document * weights).sum() / weights.sum()
 
 
+class MultiLabelLoss(nn.Module):
+    """Binary cross-entropy with logits, averaged over every (text, label) pair: logits (B, C),
+    targets (B, C) 0/1. ``label_smoothing`` s moves each target s/2 towards the other class (1 ->
+    1 - s/2, 0 -> s/2: the binary form of cross-entropy's smoothing over two classes);
+    ``pos_weight`` (C,) weighs each label's positive term (train.class_weights=balanced: its
+    negatives / positives in the training split, as BCEWithLogitsLoss documents)."""
+
+    def __init__(self, label_smoothing: float = 0.0, pos_weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        self.register_buffer("pos_weight", pos_weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        smoothed = targets.to(logits.dtype) * (1.0 - self.label_smoothing) + self.label_smoothing / 2
+        return nn.functional.binary_cross_entropy_with_logits(logits, smoothed, pos_weight=self.pos_weight)
+
+
 def build_criterion(
     loss: LossName, weight: torch.Tensor | None, label_smoothing: float, multi_label: bool = False
 ) -> nn.Module:
