@@ -65,6 +65,17 @@ class TextEncoder(ABC):
         split = EncodedSplit.from_token_ids(self.token_ids(texts), [0] * len(texts))
         return {"tokens": split.tokens.long(), "offsets": split.offsets[:-1], "lengths": split.lengths}
 
+    @abstractmethod
+    def display_tokens(self, ids: list[int]) -> list[str]:
+        """Each id as users read it (textclf.explain's tables): the vocabulary's word, a
+        character n-gram in quotes, a pretrained tokenizer's token (``##ing``, ``[CLS]``)."""
+
+    @abstractmethod
+    def placeholder_ids(self) -> set[int]:
+        """The ids that stand for no word of the text: <pad> and <unk> of a vocabulary, a
+        pretrained tokenizer's special tokens ([CLS], [SEP], [PAD], [UNK]). A text whose ids
+        are all placeholders has nothing to explain."""
+
     @property
     @abstractmethod
     def vocab_size(self) -> int:

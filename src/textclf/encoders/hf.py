@@ -135,6 +135,14 @@ class HuggingFaceTokenizer(TextEncoder):
         keep[text[head : text.size - (budget - head)]] = False
         return np.asarray(ids)[keep].tolist()
 
+    def display_tokens(self, ids: list[int]) -> list[str]:
+        self.prepare()
+        return self.tokenizer.convert_ids_to_tokens(ids)
+
+    def placeholder_ids(self) -> set[int]:
+        self.prepare()
+        return set(self.tokenizer.all_special_ids)
+
     def save_files(self, directory: Path) -> None:
         self.prepare()
         self.tokenizer.save_pretrained(directory / TOKENIZER_DIR)

@@ -7,7 +7,8 @@ Writes ``<paths.reports>/``: metrics.json (DVC metrics: the test scores, the exp
 calibration error before and after T, and T), per_class.json, confusion.csv (DVC confusion
 plot), per_class_f1.csv (DVC bar plot), confusion.png, reliability_uncalibrated.csv and
 reliability_calibrated.csv (DVC plot: each bin's confidence against its accuracy) and
-reliability.png (the reliability diagram); completes the MLflow run that trained the
+reliability.png (the reliability diagram), top_features.json (bag and linear models: each class's
+strongest features, textclf.explain.top_features; {} for the others); completes the MLflow run that trained the
 checkpoint with the test metrics (and ``val/temperature``) and reports, PNGs of the per-class
 F1 and of the learning curves (from training_curves.csv), and the shipped model
 (``runs:/<id>/model``, see textclf.serving): the checkpoint, the encoder and labels of
@@ -38,7 +39,9 @@ from textclf.calibration import (
 )
 from textclf.config import MODEL_SECTIONS, Config, load_params
 from textclf.data.datamodule import TextDataModule, tokens_kept
+from textclf.encoders.base import load_encoder
 from textclf.errors import TextclfError, run_cli
+from textclf.explain import top_features
 from textclf.hashing import file_sha256
 from textclf.metrics import (
     ECE_CALIBRATED,
@@ -76,6 +79,7 @@ RELIABILITY_CSVS = {"uncalibrated": "reliability_uncalibrated.csv", "calibrated"
 RELIABILITY_PNG = "reliability.png"
 # Logged to MLflow only (evaluation/), drawn from the reports.
 PER_CLASS_F1_PNG, CURVES_PNG = "per_class_f1.png", "training_curves.png"
+TOP_FEATURES_FILE, TOP_FEATURES_PER_CLASS = "top_features.json", 20  # {class: [[feature, weight], ...]}
 
 
 @torch.inference_mode()
@@ -204,6 +208,8 @@ def evaluate(
     writer.writerows((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist()))
     png = confusion_png(scores["confusion"].cpu(), names)
     reliability = reliability_png(bins, metrics)
+    features = top_features(module, load_encoder(processed), TOP_FEATURES_PER_CLASS)  # None: not a bag or linear model
+    strongest = {} if features is None else {names[int(c)]: ranked for c, ranked in features.items()}
 
     # Everything is computed before the first write; the reports are written as one (all staged,
     # then renamed), so a failure leaves none of them changed.
@@ -218,6 +224,7 @@ def evaluate(
             reports_dir / CONFUSION_PNG: png,
             **{reports_dir / RELIABILITY_CSVS[name]: reliability_csv(rows).encode() for name, rows in bins.items()},
             reports_dir / RELIABILITY_PNG: reliability,
+            reports_dir / TOP_FEATURES_FILE: _json_bytes(strongest),
             reports_dir / METRICS_FILE: _json_bytes(summary),
         }
     )
@@ -307,7 +314,7 @@ def log_to_run(
         metrics=[Metric(logged_name(key), float(value), timestamp, 0) for key, value in metrics.items()],
     )
     with artifact_store_errors(logged):
-        for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG, RELIABILITY_PNG):
+        for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG, RELIABILITY_PNG, TOP_FEATURES_FILE):
             store.log_artifact(run_id, str(reports_dir / name), artifact_path="evaluation")
         log_figures(store, run_id, reports_dir, metrics[F1_MACRO])
         # The config that trained the checkpoint (secrets masked, as train wrote it), not this
