@@ -18,7 +18,9 @@ Two methods, by model family:
                         Transformer's tables is zeros, so their baseline is the zero embedding);
                         a pretrained tokenizer's structural tokens ([CLS], [SEP]) are kept, so
                         the baseline is a well-formed empty input and those tokens get exactly 0.
-                        ``baseline`` is the baseline's logit, and the completeness gap |baseline
+                        ``baseline`` is the baseline's logit (its embeddings run in the
+                        document's place: the same length and attention mask; the Transformer masks
+                        padding by id, so the ids stay the document's), and the completeness gap |baseline
                         + sum(contributions) - logit| is Captum's convergence delta: it shrinks
                         with ``steps`` (Gauss-Legendre quadrature; DEFAULT_STEPS keeps it well
                         under 5% of |logit - baseline| on the tests' models, tests/test_explain.py).
@@ -308,8 +310,6 @@ def _integrated_gradients(
             continue
         embedded = _layer_output(module, layer, _copies(ids, 1))  # (R, L, D)
         base = _layer_output(module, layer, _copies(reference, 1))
-        with torch.no_grad():
-            baseline_logit = float(module(_copies(reference, 1))[0, c])
 
         def forward(interpolated: torch.Tensor, ids: torch.Tensor = ids) -> torch.Tensor:
             """(k, R, L, D) interpolated embeddings -> (k, C) logits of k copies of the document."""
@@ -321,6 +321,8 @@ def _integrated_gradients(
             finally:
                 handle.remove()
 
+        with torch.no_grad():  # the baseline's embeddings in the document's place (its length, its attention mask)
+            baseline_logit = float(forward(base.unsqueeze(0))[0, c])
         with _gradients_flow(backbone):
             attributions, delta = IntegratedGradients(forward).attribute(
                 embedded.unsqueeze(0),
