@@ -11,8 +11,8 @@ Models come from the MLflow store at --tracking-uri, else $MLFLOW_TRACKING_URI, 
 repository's mlflow.db. With neither --run-id nor --model-uri, the run is the one the last
 `dvc repro` trained (<paths.models>/mlflow_run.json). Prints one line per text: label, its
 probability, the text; with --explain [K] (K = 10 when omitted), under each a table of the K
-tokens that pushed that label most, each with its signed contribution to the label's logit
-(textclf.explain), asked of the model as `mlflow models serve` asks it: params={"explain": K}.
+tokens that pushed that label most, each with its signed contribution to the label's
+calibrated logit (textclf.explain), asked of the model as `mlflow models serve` asks it: params={"explain": K}.
 """
 
 from __future__ import annotations
@@ -192,14 +192,15 @@ def format_plain(frame: pd.DataFrame, texts: list[str]) -> str:
 
 def format_explained(frame: pd.DataFrame, texts: list[str]) -> str:
     """Per text, its plain line, then a table of its explanation: rank, token, contribution
-    (signed, to the label's logit: + pushed toward the label, - away from it)."""
+    (signed, to the label's calibrated logit: + pushed toward the label, - away from it)."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = Console(width=100, record=True, file=io.StringIO(), color_system=None)
     for line, (_, row) in zip(format_plain(frame, texts).split("\n"), frame.iterrows()):
-        table = Table(title=line, title_justify="left", box=box.SIMPLE_HEAD)
+        console.print(line, soft_wrap=True)
+        table = Table(box=box.SIMPLE_HEAD)
         table.add_column("#", justify="right")
         table.add_column("token")
         table.add_column(f"toward {row[LABEL_COLUMN]}", justify="right")

@@ -20,6 +20,11 @@ Each training logs one under the artifact name ``model``; it loads anywhere MLfl
   code/textclf/                 this package, so the model runs the code it was trained with
   pyfunc_model.py               the file MLflow runs to make the model (models-from-code: no pickle)
 
+Asked with ``params={"explain": K}`` (declared in the signature, default 0: `mlflow models serve`
+passes it on), the model adds an ``explanation`` column: per row a JSON string
+[[token, contribution], ...] of the K tokens that weighed most on the predicted label
+(textclf.explain, in calibrated-logit units); without it the columns are as ever.
+
 A pretrained model (model=hf) needs neither its original directory nor the Hub: its weights are
 in model.safetensors, its configuration in hyperparameters.json (``model.architecture``), its
 tokenizer's files under encoder/tokenizer/. The DVC output models/model.ckpt stays a Lightning
@@ -168,9 +173,10 @@ class TextclfModel(mlflow.pyfunc.PythonModel):
         return torch.cat(chunks)
 
     def explanations(self, texts: list[str], count: int) -> list[str]:
-        """-> per text, a JSON list [[token, contribution], ...] of the ``count`` tokens with the
-        largest summed contributions to its predicted class's logit (textclf.explain; logit
-        units, before the temperature), largest first. A text with no token the model knows
+        """-> per text, a JSON list [[token, contribution], ...] of the ``count`` tokens whose
+        summed contributions (textclf.explain) to its predicted class's calibrated logit
+        (logit / temperature, the one the probabilities are a softmax of) are largest in
+        absolute value, largest first. A text with no token the model knows
         (empty, or all <unk>) is refused in one line naming it: there is nothing to explain."""
         from textclf.explain import explain_batch
 
@@ -188,7 +194,8 @@ class TextclfModel(mlflow.pyfunc.PythonModel):
                         "(it is empty or every word is outside the vocabulary): nothing to explain"
                     )
             for explanation in explain_batch(self.module, self.encoder, batch):
-                rows.append(json.dumps([[token, round(value, 6)] for token, value in explanation.top(count)]))
+                top = explanation.top(count)
+                rows.append(json.dumps([[token, round(value / self.temperature, 6)] for token, value in top]))
         return rows
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:

@@ -209,7 +209,11 @@ def evaluate(
     png = confusion_png(scores["confusion"].cpu(), names)
     reliability = reliability_png(bins, metrics)
     features = top_features(module, load_encoder(processed), TOP_FEATURES_PER_CLASS)  # None: not a bag or linear model
-    strongest = {} if features is None else {names[int(c)]: ranked for c, ranked in features.items()}
+    strongest = (
+        {}
+        if features is None
+        else {names[int(c)]: [[f, round(w, 6)] for f, w in ranked] for c, ranked in features.items()}
+    )
 
     # Everything is computed before the first write; the reports are written as one (all staged,
     # then renamed), so a failure leaves none of them changed.
