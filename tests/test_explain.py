@@ -145,6 +145,22 @@ def test_contributions_add_up_to_the_logit(trained: Trained) -> None:
     assert asked.logit == pytest.approx(float(logits[0, other[0]]), abs=1e-6)
 
 
+def test_a_long_document_is_explained_over_all_its_windows(trained: Trained) -> None:
+    """A pretrained model reads a long document as windows of max_len tokens (encoder.truncation=
+    chunks): every token of every window gets its contribution, and they still add up."""
+    if type(trained.module.backbone).__name__ != "HuggingFaceClassifier":
+        pytest.skip("windows are the pretrained models' (models/hf.py)")
+    first, second = trained.batch([0]), trained.batch([6])
+    tokens = torch.cat([first["tokens"], second["tokens"], first["tokens"]])  # 3 windows: > 2 * max_len (64)
+    assert 2 * trained.module.backbone.max_len < tokens.numel() <= trained.max_len
+    batch = {"tokens": tokens, "offsets": torch.zeros(1, dtype=torch.int64), "lengths": torch.tensor([tokens.numel()])}
+    explanation = explain_batch(trained.module, trained.encoder, batch)[0]
+    assert len(explanation.contributions) == tokens.numel()
+    tails = [explanation.contributions[64 * w + 10] for w in range(3)]
+    assert all(value != 0 for value in tails)  # a text token of each window
+    assert explanation.gap < 0.05 * abs(explanation.logit - explanation.baseline)
+
+
 def probability_without(trained: Trained, batch: dict[str, torch.Tensor], removed: set[str], target: int) -> float:
     """The probability of class ``target`` for the one-document ``batch`` with every position whose
     token is in ``removed`` taken out (placeholders, a pretrained tokenizer's [CLS] and [SEP], stay)."""
