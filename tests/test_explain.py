@@ -7,6 +7,7 @@ the default fastText only)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from dataclasses import dataclass
@@ -55,6 +56,11 @@ class Trained:
     encoder: TextEncoder
     test: EncodedSplit
     max_len: int | None
+
+    @functools.cached_property
+    def explanations(self) -> list[Explanation]:
+        """The test split's, with the defaults: computed once, read by several tests."""
+        return explain_batch(self.module, self.encoder, self.batch())
 
     def batch(self, indices: list[int] | None = None) -> dict[str, torch.Tensor]:
         indices = list(range(len(self.test))) if indices is None else indices
@@ -107,6 +113,15 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> None:
+    """Torch on one core: these tests run beside others (integrated gradients are many small passes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def hf_offline() -> None:
     """Hugging Face offline for the tiny BERT's training (it reads only local files)."""
@@ -120,7 +135,7 @@ def test_contributions_add_up_to_the_logit(trained: Trained) -> None:
     """Exact models: bias + contributions == logit to 1e-5; integrated gradients: the gap (Captum's
     convergence delta) under 5% of |logit - baseline logit| with the default steps."""
     batch = trained.batch()
-    explanations = explain_batch(trained.module, trained.encoder, batch)
+    explanations = trained.explanations
     with torch.no_grad():
         logits = trained.module(batch).double()
     assert len(explanations) == len(trained.test)
@@ -183,7 +198,7 @@ def test_deleting_the_top_tokens_hurts_the_prediction_more_than_deleting_random_
     better = 0
     for index in range(len(trained.test)):
         batch = trained.batch([index])
-        explanation = explain_batch(trained.module, trained.encoder, batch)[0]
+        explanation = trained.explanations[index]
         ids = batch["tokens"].tolist()
         shown = trained.encoder.display_tokens(ids)
         known = set(shown)
