@@ -116,11 +116,11 @@ def test_an_encoder_without_a_vocabulary_says_to_fit_it() -> None:
         regex_encoder().encode(["text"])
 
 
-def test_token_strings_are_the_vocabulary_words_of_the_ids() -> None:
+def test_display_tokens_are_the_vocabulary_words_of_the_ids() -> None:
     """What the run report shows of a document: each id's word, <unk> for a word outside the vocabulary."""
     encoder = fitted()
     (ids,) = encoder.token_ids(["Le café est inconnu"])
-    assert encoder.token_strings(ids) == ["le", "café", "est", "<unk>"]
-    assert encoder.token_strings([]) == []
+    assert encoder.display_tokens(ids) == ["le", "café", "est", "<unk>"]
+    assert encoder.display_tokens([]) == []
     with pytest.raises(TextclfError, match="no vocabulary yet"):
-        regex_encoder().token_strings([2])
+        regex_encoder().display_tokens([2])

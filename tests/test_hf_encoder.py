@@ -83,7 +83,7 @@ def test_preprocess_writes_the_model_tokenizers_ids_cut_to_max_len(
     assert {tuple(ids.tolist()) for ids in documents} == expected
 
 
-def test_token_strings_are_the_tokenizers_pieces_special_tokens_included(tiny_bert: Path) -> None:
+def test_display_tokens_are_the_tokenizers_pieces_special_tokens_included(tiny_bert: Path) -> None:
     encoder = build(
         "encoder",
         {"_target_": "textclf.encoders.hf.HuggingFaceTokenizer", "name": str(tiny_bert), "max_len": 16}
@@ -91,7 +91,7 @@ def test_token_strings_are_the_tokenizers_pieces_special_tokens_included(tiny_be
     )
     text = "Sail the Rocket"
     (ids,) = encoder.token_ids([text])
-    pieces = encoder.token_strings(ids)
+    pieces = encoder.display_tokens(ids)
     assert len(pieces) == len(ids) and pieces[0] == "[CLS]" and pieces[-1] == "[SEP]"
     assert " ".join(pieces[1:-1]).replace(" ##", "") == text.lower()  # WordPiece: "##" continues a word
 

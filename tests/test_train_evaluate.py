@@ -97,6 +97,7 @@ def test_train_then_evaluate_fills_one_mlflow_run(prepared, mlflow_uri: str) -> 
         "evaluation/confusion.png",
         "evaluation/reliability.png",
         "evaluation/report.html",
+        "evaluation/top_features.json",
         "evaluation/per_class_f1.png",
         "evaluation/training_curves.png",
     }

@@ -28,16 +28,28 @@ class TinyRun:
 
 
 def tiny_run(
-    root: Path, archive: Path, sha256: str, *overrides: str, evaluated: bool = True, uri: str | None = None
+    root: Path,
+    archive: Path,
+    sha256: str,
+    *overrides: str,
+    evaluated: bool = True,
+    uri: str | None = None,
+    model: str = "fasttext",
 ) -> TinyRun:
-    """Downloads, preprocesses and trains (3 epochs) under ``root``, then evaluates, which
-    logs the shipped model (runs:/<id>/model), unless ``evaluated`` is False. The run goes to
-    the store ``uri`` (default: one of its own, <root>/mlflow.db)."""
+    """Downloads, preprocesses and trains (3 epochs) ``model`` (shrunk: conftest.TINY_MODELS)
+    under ``root``, then evaluates, which logs the shipped model (runs:/<id>/model), unless
+    ``evaluated`` is False. The run goes to the store ``uri`` (default: one of its own, <root>/mlflow.db)."""
     uri = uri if uri is not None else f"sqlite:///{root / 'mlflow.db'}"
     paths = [f"paths.{name}={root / name}" for name in ("raw", "processed", "models", "reports", "cache")]
     cfg = validate(
         compose(
-            [*shrink_overrides(archive, sha256), *paths, "trainer.max_epochs=3", f"tracking.uri={uri}", *overrides],
+            [
+                *shrink_overrides(archive, sha256, model),
+                *paths,
+                "trainer.max_epochs=3",
+                f"tracking.uri={uri}",
+                *overrides,
+            ],
             root=REPO_ROOT,
         )
     )

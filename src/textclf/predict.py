@@ -4,18 +4,23 @@
   python -m textclf.predict --run-id ID "first text" "second text"
   python -m textclf.predict --model-uri models:/textclf@champion --file texts.txt --json
   cat texts.txt | python -m textclf.predict --run-id ID           (one text per line)
+  python -m textclf.predict --explain 5 "first text"              (the 5 tokens that weighed most)
   python -m textclf.predict --register --run-id ID [--name textclf] [--alias champion]
 
 Models come from the MLflow store at --tracking-uri, else $MLFLOW_TRACKING_URI, else the
 repository's mlflow.db. With neither --run-id nor --model-uri, the run is the one the last
 `dvc repro` trained (<paths.models>/mlflow_run.json). Prints one line per text: label, its
 probability, the text; for a multi-label model, the labels it gets (those at or above their
-thresholds, each with its probability; "(none)" for none) and the text.
+thresholds, each with its probability; "(none)" for none) and the text. With --explain [K]
+(K = 10 when omitted), under each a table of the K tokens that pushed that label most, each
+with its signed contribution to the label's calibrated logit (textclf.explain), asked of the
+model as `mlflow models serve` asks it: params={"explain": K} (single-label models).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -28,7 +33,7 @@ import pandas as pd
 from textclf.errors import TextclfError, first_line, run_cli
 from textclf.outputs import RUN_FILE
 from textclf.provenance import project_root
-from textclf.serving import LABEL_COLUMN, LABELS_COLUMN, MODEL_NAME, TEXT_COLUMN
+from textclf.serving import EXPLAIN_PARAM, EXPLANATION_COLUMN, LABEL_COLUMN, LABELS_COLUMN, MODEL_NAME, TEXT_COLUMN
 from textclf.tracking import (
     TrackingStore,
     default_tracking_uri,
@@ -40,6 +45,7 @@ from textclf.tracking import (
 REGISTERED_NAME, CHAMPION = "textclf", "champion"
 PROBABILITY_COLUMN = "probability"  # of the predicted label
 SHOWN_CHARS = 70  # of each text, in the plain output
+DEFAULT_EXPLAIN = 10  # tokens shown per text by a bare --explain
 
 
 def run_model_uri(run_id: str) -> str:
@@ -103,17 +109,35 @@ def load_model(model_uri: str, tracking_uri: str):  # noqa: ANN201 - mlflow.pyfu
         raise TextclfError(f"cannot load model {model_uri} from {tracking_uri}: {first_line(error)}") from error
 
 
-def predict(model_uri: str, texts: list[str], tracking_uri: str) -> pd.DataFrame:
+def check_explain(count: int | None) -> int:
+    """--explain's K (None: not given) -> tokens to explain each text by, 0 for none."""
+    if count is None:
+        return 0
+    if count < 1:
+        raise TextclfError(f"--explain {count}: give how many tokens to show per text, 1 or more (--explain alone: 10)")
+    return count
+
+
+def predict(model_uri: str, texts: list[str], tracking_uri: str, explain: int = 0) -> pd.DataFrame:
     """-> one row per text: ``label``, ``probability`` (of that label), then one probability
-    column per class; a multi-label model's rows: ``labels`` (a list), then every label's
-    probability."""
+    column per class, and with ``explain`` K > 0 ``explanation``: the model's own (the
+    shipped pyfunc's params={"explain": K}, a JSON list of [token, contribution]); a multi-label
+    model's rows: ``labels`` (a list), then every label's probability."""
     if not texts:
         raise TextclfError("no texts to classify (give them as arguments, with --file, or on stdin)")
     model = load_model(model_uri, tracking_uri)
-    frame = model.predict(pd.DataFrame({TEXT_COLUMN: texts}))
+    params = {EXPLAIN_PARAM: explain} if explain else None
+    try:
+        frame = model.predict(pd.DataFrame({TEXT_COLUMN: texts}), params=params)
+    except TextclfError as error:  # the model's one line (params.explain: text 2 ... has no token ...)
+        raise TextclfError(str(error).replace(f"params.{EXPLAIN_PARAM}", "--explain", 1)) from error
     if LABELS_COLUMN in frame.columns:
+        if explain:
+            raise TextclfError(f"{model_uri}: --explain explains single-label models only (this one is multi-label)")
         return frame
-    classes = [column for column in frame.columns if column != LABEL_COLUMN]
+    if explain and EXPLANATION_COLUMN not in frame.columns:  # MLflow drops a param the signature lacks
+        raise TextclfError(f"{model_uri}: this model does not explain its predictions (logged before --explain)")
+    classes = [column for column in frame.columns if column not in (LABEL_COLUMN, EXPLANATION_COLUMN)]
     frame.insert(1, PROBABILITY_COLUMN, frame[classes].max(axis=1))
     return frame
 
@@ -190,9 +214,30 @@ def format_plain(frame: pd.DataFrame, texts: list[str]) -> str:
     return "\n".join(lines)
 
 
+def format_explained(frame: pd.DataFrame, texts: list[str]) -> str:
+    """Per text, its plain line, then a table of its explanation: rank, token, contribution
+    (signed, to the label's calibrated logit: + pushed toward the label, - away from it)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=100, record=True, file=io.StringIO(), color_system=None)
+    for line, (_, row) in zip(format_plain(frame, texts).split("\n"), frame.iterrows()):
+        console.print(line, soft_wrap=True)
+        table = Table(box=box.SIMPLE_HEAD)
+        table.add_column("#", justify="right")
+        table.add_column("token")
+        table.add_column(f"toward {row[LABEL_COLUMN]}", justify="right")
+        for rank, (token, contribution) in enumerate(json.loads(row[EXPLANATION_COLUMN]), start=1):
+            table.add_row(str(rank), token, f"{contribution:+.4f}")
+        console.print(table)
+    return console.export_text().rstrip("\n")
+
+
 def format_json(frame: pd.DataFrame, texts: list[str]) -> str:
-    """A JSON list: text, label, probability and every class's probability, per text (a
-    multi-label model's: text, labels, every label's probability)."""
+    """A JSON list: text, label, probability and every class's probability, per text; with an
+    explanation, also ``explanation``: [{"token": ..., "contribution": ...}, ...]. A multi-label
+    model's: text, labels, every label's probability."""
     if LABELS_COLUMN in frame.columns:
         names = [column for column in frame.columns if column != LABELS_COLUMN]
         sets = [
@@ -204,16 +249,22 @@ def format_json(frame: pd.DataFrame, texts: list[str]) -> str:
             for text, (_, row) in zip(texts, frame.iterrows())
         ]
         return json.dumps(sets, indent=2, ensure_ascii=False)
-    classes = [c for c in frame.columns if c not in (LABEL_COLUMN, PROBABILITY_COLUMN)]
-    rows = [
-        {
-            "text": text,
-            "label": row[LABEL_COLUMN],
-            "probability": float(row[PROBABILITY_COLUMN]),
-            "probabilities": {name: float(row[name]) for name in classes},
-        }
-        for text, (_, row) in zip(texts, frame.iterrows())
-    ]
+    classes = [c for c in frame.columns if c not in (LABEL_COLUMN, PROBABILITY_COLUMN, EXPLANATION_COLUMN)]
+    rows = []
+    for text, (_, row) in zip(texts, frame.iterrows()):
+        rows.append(
+            {
+                "text": text,
+                "label": row[LABEL_COLUMN],
+                "probability": float(row[PROBABILITY_COLUMN]),
+                "probabilities": {name: float(row[name]) for name in classes},
+            }
+        )
+        if EXPLANATION_COLUMN in frame.columns:
+            rows[-1]["explanation"] = [
+                {"token": token, "contribution": contribution}
+                for token, contribution in json.loads(row[EXPLANATION_COLUMN])
+            ]
     return json.dumps(rows, indent=2, ensure_ascii=False)
 
 
@@ -229,12 +280,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("texts", nargs="*", help="texts to classify (default: --file, else stdin)")
     parser.add_argument("--file", type=Path, help="read texts from this file, one per line")
     parser.add_argument("--json", action="store_true", help="print JSON with every class's probability")
+    parser.add_argument(
+        "--explain",
+        nargs="?",
+        type=int,
+        const=DEFAULT_EXPLAIN,
+        metavar="K",
+        help="show the K tokens that pushed each prediction most, with their signed contributions (K: %(const)s)",
+    )
     parser.add_argument("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
     parser.add_argument("--register", action="store_true", help="register the run's model instead of predicting")
     parser.add_argument("--name", default=REGISTERED_NAME, help="registered model name (default: %(default)s)")
     parser.add_argument("--alias", default=CHAMPION, help="alias for the new version (default: %(default)s)")
     args = parser.parse_args(argv)
-    if args.register and (args.model_uri is not None or args.texts or args.file):
+    if args.register and (args.model_uri is not None or args.texts or args.file or args.explain is not None):
         parser.error("--register takes --run-id (default: the last `dvc repro`'s run) and no texts")
 
     def command() -> None:
@@ -247,9 +306,13 @@ def main(argv: list[str] | None = None) -> None:
                 f"use models:/{args.name}@{args.alias}"
             )
             return
+        explain = check_explain(args.explain)
         texts = read_texts(args.texts, args.file, sys.stdin)
-        frame = predict(args.model_uri or run_model_uri(run_id), texts, uri)
-        print(format_json(frame, texts) if args.json else format_plain(frame, texts))
+        frame = predict(args.model_uri or run_model_uri(run_id), texts, uri, explain)
+        if args.json:
+            print(format_json(frame, texts))
+        else:
+            print(format_explained(frame, texts) if explain else format_plain(frame, texts))
 
     run_cli("predict", command)
 

@@ -23,6 +23,11 @@ Each training logs one under the artifact name ``model``; it loads anywhere MLfl
   code/textclf/                 this package, so the model runs the code it was trained with
   pyfunc_model.py               the file MLflow runs to make the model (models-from-code: no pickle)
 
+Asked with ``params={"explain": K}`` (declared in the signature, default 0: `mlflow models serve`
+passes it on), the model adds an ``explanation`` column: per row a JSON string
+[[token, contribution], ...] of the K tokens that weighed most on the predicted label
+(textclf.explain, in calibrated-logit units); without it the columns are as ever.
+
 A pretrained model (model=hf) needs neither its original directory nor the Hub: its weights are
 in model.safetensors, its configuration in hyperparameters.json (``model.architecture``), its
 tokenizer's files under encoder/tokenizer/. The DVC output models/model.ckpt stays a Lightning
@@ -64,6 +69,9 @@ MODEL_NAME = "model"  # artifact name: runs:/<run id>/model
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 TEXT_COLUMN, LABEL_COLUMN = "text", "label"
 LABELS_COLUMN = "labels"  # a multi-label model's: the labels each text gets, a list of strings
+# params={"explain": K}: K > 0 adds this column, each row a JSON string [[token, contribution], ...]
+# of the K tokens that pushed the predicted label most (textclf.explain); 0, the default, adds nothing.
+EXPLAIN_PARAM, EXPLANATION_COLUMN = "explain", "explanation"
 ENCODER_DIR, CONFIG_FILE = "encoder", "config.yaml"
 WEIGHTS_FILE, HYPERPARAMETERS_FILE = "model.safetensors", "hyperparameters.json"
 CALIBRATION_FILE = "calibration.json"
@@ -83,6 +91,7 @@ REQUIREMENTS = (
     "pandas",
     "numpy",
     "safetensors",
+    "captum",  # params={"explain": K} on the sequence models: integrated gradients (textclf.explain)
 )
 EXAMPLE_TEXTS = ["An example message to classify.", "Another one, with more words than the first."]
 
@@ -117,6 +126,17 @@ def texts_of(model_input: Any) -> list[str]:
         if not isinstance(text, str):
             raise ModelInputError(f"model input: every text must be a string (got {type(text).__name__}: {text!r:.60})")
     return texts
+
+
+def explain_count(params: dict[str, Any] | None) -> int:
+    """params -> K of ``{"explain": K}``, a whole number of tokens, 0 (no explanation) or more."""
+    value = (params or {}).get(EXPLAIN_PARAM, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ModelInputError(
+            f"params.{EXPLAIN_PARAM}: expected how many tokens to explain each prediction by, 0 (none) or more "
+            f"(got {value!r:.40})"
+        )
+    return value
 
 
 def read_temperature(path: Path) -> float:
@@ -177,16 +197,51 @@ class TextclfModel(mlflow.pyfunc.PythonModel):
             chunks.append(calibrated(logits, self.temperature, self.thresholds is not None))  # (B, C)
         return torch.cat(chunks)
 
+    def explanations(self, texts: list[str], count: int) -> list[str]:
+        """-> per text, a JSON list [[token, contribution], ...] of the ``count`` tokens whose
+        summed contributions (textclf.explain) to its predicted class's calibrated logit
+        (logit / temperature, the one the probabilities are a softmax of) are largest in
+        absolute value, largest first. A text with no token the model knows
+        (empty, or all <unk>) is refused in one line naming it: there is nothing to explain."""
+        from textclf.explain import explain_batch
+
+        placeholders = self.encoder.placeholder_ids()
+        rows = []
+        for start in range(0, len(texts), BATCH_SIZE):
+            chunk = texts[start : start + BATCH_SIZE]
+            encoded = self.encoder.encode(chunk)
+            batch = clip_documents(encoded["tokens"], encoded["offsets"], encoded["lengths"], self.max_len)
+            ids = batch["tokens"].split(batch["lengths"].tolist())
+            for index, (text, document) in enumerate(zip(chunk, ids)):
+                if all(token in placeholders for token in document.tolist()):
+                    raise ModelInputError(
+                        f"params.{EXPLAIN_PARAM}: text {start + index} ({text!r:.60}) has no token the model knows "
+                        "(it is empty or every word is outside the vocabulary): nothing to explain"
+                    )
+            for explanation in explain_batch(self.module, self.encoder, batch):
+                top = explanation.top(count)
+                rows.append(json.dumps([[token, round(value / self.temperature, 6)] for token, value in top]))
+        return rows
+
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """DataFrame with a ``text`` column -> DataFrame: ``label`` (the most probable class),
-        then one probability column per class (float64, rows sum to 1). Called directly, it
-        also takes a list of strings. (MLflow infers no schema from a DataFrame hint, so the
-        logged signature is the one that is enforced.)"""
-        probabilities = self.probabilities(texts_of(model_input))
+        then one probability column per class (float64, rows sum to 1), and with
+        ``params={"explain": K}``, K > 0, an ``explanation`` column (``explanations``). Called
+        directly, it also takes a list of strings. (MLflow infers no schema from a DataFrame
+        hint, so the logged signature is the one that is enforced.)"""
+        texts = texts_of(model_input)
+        count = explain_count(params)
+        probabilities = self.probabilities(texts)
         frame = pd.DataFrame(probabilities.double().numpy(), columns=self.labels)
         if self.thresholds is not None:
+            if count:
+                raise ModelInputError(
+                    f"params.{EXPLAIN_PARAM}: a multi-label model's decisions are not explained (yet)"
+                )
             return self.label_sets(probabilities, frame)
         frame.insert(0, LABEL_COLUMN, [self.labels[i] for i in probabilities.argmax(dim=1).tolist()])
+        if count:
+            frame[EXPLANATION_COLUMN] = self.explanations(texts, count)
         return frame
 
     def label_sets(self, probabilities: torch.Tensor, frame: pd.DataFrame) -> pd.DataFrame:
@@ -202,14 +257,22 @@ class TextclfModel(mlflow.pyfunc.PythonModel):
         return frame
 
 
-def signature(labels: list[str], multi_label: bool = False) -> mlflow.models.ModelSignature:
-    from mlflow.types import ColSpec, Schema
+def signature(labels: list[str], explains: bool = False, multi_label: bool = False) -> mlflow.models.ModelSignature:
+    """Text in; label and one probability per class out (a multi-label model's: ``labels``, a
+    list, and every label's probability). With ``explains`` (TextclfModel), the param
+    ``explain`` (long, default 0), which `mlflow models serve` passes on only because the
+    signature declares it, and the optional ``explanation`` column it adds."""
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
     from mlflow.types.schema import Array
 
     first = ColSpec(Array("string"), LABELS_COLUMN) if multi_label else ColSpec("string", LABEL_COLUMN)
+    outputs = [first, *(ColSpec("double", name) for name in labels)]
+    if explains:
+        outputs.append(ColSpec("string", EXPLANATION_COLUMN, required=False))
     return mlflow.models.ModelSignature(
         inputs=Schema([ColSpec("string", TEXT_COLUMN)]),
-        outputs=Schema([first, *(ColSpec("double", name) for name in labels)]),
+        outputs=Schema(outputs),
+        params=ParamSchema([ParamSpec(EXPLAIN_PARAM, "long", 0)]) if explains else None,
     )
 
 
@@ -291,13 +354,17 @@ def log_model(
     validation split (textclf.calibration; 1.0 ships the softmax as trained), ``thresholds`` a
     multi-label model's (textclf.thresholds), which make its output a set of labels per text."""
     labels = read_labels(processed)
-    if LABEL_COLUMN in labels:
-        raise TextclfError(f"a class is named '{LABEL_COLUMN}', which clashes with the prediction column")
+    for column in (LABEL_COLUMN, EXPLANATION_COLUMN):
+        if column in labels:
+            raise TextclfError(f"a class is named '{column}', which clashes with the prediction column")
     with tempfile.TemporaryDirectory(prefix="textclf-model-") as tmp:
         artifacts = pack(Path(tmp), checkpoint, processed, config, temperature, thresholds)
         encoder = load_encoder(Path(artifacts["encoder"]))
         requirements = pip_requirements((*encoder.requirements, *model_requirements(config["model"])))
-        log_pyfunc(uri, run_id, MODEL_CODE, artifacts, labels, requirements, multi_label=thresholds is not None)
+        multi_label = thresholds is not None  # explanations are of single-label decisions
+        log_pyfunc(
+            uri, run_id, MODEL_CODE, artifacts, labels, requirements, explains=not multi_label, multi_label=multi_label
+        )
     return f"runs:/{run_id}/{MODEL_NAME}"
 
 
@@ -308,12 +375,14 @@ def log_pyfunc(
     artifacts: dict[str, str],
     labels: list[str],
     requirements: list[str],
+    explains: bool = False,
     multi_label: bool = False,
 ) -> None:
     """Logs a models-from-code pyfunc to run ``run_id`` as ``model`` (runs:/<id>/model):
     ``code_file`` (pyfunc_model.py, or the ensemble's) names the model class, ``artifacts``
     {name: path} are the files it loads, with this package as its code and the signature of
-    ``labels`` (text in; label and one probability per class out)."""
+    ``labels`` (text in; label and one probability per class out; ``explains``: the explain
+    param too, see ``signature``)."""
     package = Path(__file__).resolve().parent
     with tempfile.TemporaryDirectory(prefix="textclf-code-") as tmp:
         code = Path(tmp) / package.name  # the package, without bytecode caches
@@ -342,7 +411,7 @@ def log_pyfunc(
                     python_model=str(code_file),
                     artifacts=artifacts,
                     code_paths=[str(code)],
-                    signature=signature(labels, multi_label),
+                    signature=signature(labels, explains, multi_label),
                     input_example=pd.DataFrame({TEXT_COLUMN: EXAMPLE_TEXTS}),
                     pip_requirements=requirements,
                 )

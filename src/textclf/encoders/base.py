@@ -57,11 +57,6 @@ class TextEncoder(ABC):
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Each text's token ids, as the model takes them (fitted first, if it learns)."""
 
-    @abstractmethod
-    def token_strings(self, ids: list[int]) -> list[str]:
-        """The tokens that ``ids`` (one document's, as ``token_ids`` gives them) stand for, one
-        string per id (the run report shows a document's tokens with them)."""
-
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Texts -> the flat batch mapping every encoder makes, so no document is padded:
         tokens  (T,) int64  every document's ids, concatenated
@@ -69,6 +64,18 @@ class TextEncoder(ABC):
         lengths (B,) int64  tokens per document"""
         split = EncodedSplit.from_token_ids(self.token_ids(texts), [0] * len(texts))
         return {"tokens": split.tokens.long(), "offsets": split.offsets[:-1], "lengths": split.lengths}
+
+    @abstractmethod
+    def display_tokens(self, ids: list[int]) -> list[str]:
+        """Each id as users read it (textclf.explain's tables, the run report's documents), one
+        string per id: the vocabulary's word, a
+        character n-gram in quotes, a pretrained tokenizer's token (``##ing``, ``[CLS]``)."""
+
+    @abstractmethod
+    def placeholder_ids(self) -> set[int]:
+        """The ids that stand for no word of the text: <pad> and <unk> of a vocabulary, a
+        pretrained tokenizer's special tokens ([CLS], [SEP], [PAD], [UNK]). A text whose ids
+        are all placeholders has nothing to explain."""
 
     @property
     @abstractmethod

@@ -117,11 +117,6 @@ class HuggingFaceTokenizer(TextEncoder):
         encodings = self._backend.encode_batch(texts, add_special_tokens=True)  # in Rust, on its own threads
         return [self._truncated(encoding.ids, encoding.special_tokens_mask) for encoding in encodings]
 
-    def token_strings(self, ids: list[int]) -> list[str]:
-        """The tokenizer's own pieces (``Ġword``, ``##ing``, ``[CLS]``), one per id."""
-        self.prepare()
-        return self.tokenizer.convert_ids_to_tokens(ids)
-
     def _chunked(self, first: tokenizers.Encoding) -> list[int]:
         """The ids of a document's first ``max_chunks`` windows, one after the other (the first
         window's encoding holds the others, in order, as its ``overflowing``)."""
@@ -139,6 +134,15 @@ class HuggingFaceTokenizer(TextEncoder):
         keep = np.ones(len(ids), dtype=bool)
         keep[text[head : text.size - (budget - head)]] = False
         return np.asarray(ids)[keep].tolist()
+
+    def display_tokens(self, ids: list[int]) -> list[str]:
+        """The tokenizer's own pieces (``Ġword``, ``##ing``, ``[CLS]``), one per id."""
+        self.prepare()
+        return self.tokenizer.convert_ids_to_tokens(ids)
+
+    def placeholder_ids(self) -> set[int]:
+        self.prepare()
+        return set(self.tokenizer.all_special_ids)
 
     def save_files(self, directory: Path) -> None:
         self.prepare()

@@ -106,6 +106,12 @@ class NgramEncoder(VocabularyEncoder):
                 features += grams
         return features
 
+    def display_tokens(self, ids: list[int]) -> list[str]:
+        """A word n-gram as it is ("rocket launch"); a character n-gram in quotes, the spaces
+        that pad its word shown as "_" ('_roc', 'et_'), so it reads apart from a word."""
+        shown = super().display_tokens(ids)
+        return [f"'{token[1:].replace(' ', '_')}'" if token.startswith(CHAR_MARK) else token for token in shown]
+
     def settings(self) -> dict[str, Any]:
         return {
             "lowercase": self.lowercase,

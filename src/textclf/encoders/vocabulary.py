@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textclf.data.encoded import UNK_ID, VOCAB_FILE, TokenIds, flatten_documents
+from textclf.data.encoded import PAD_ID, UNK_ID, VOCAB_FILE, TokenIds, flatten_documents
 from textclf.encoders.base import TextEncoder
 from textclf.errors import TextclfError
 
@@ -89,10 +89,13 @@ class VocabularyEncoder(TextEncoder):
             return [sorted(self.ids(text)) for text in texts]
         return [self.ids(text) for text in texts]
 
-    def token_strings(self, ids: list[int]) -> list[str]:
+    def display_tokens(self, ids: list[int]) -> list[str]:
         self.vocab_size  # noqa: B018 - raises without a vocabulary
         vocabulary = self.vocabulary
-        return [vocabulary[i] for i in ids]
+        return [vocabulary[i] if 0 <= i < len(vocabulary) else f"<id {i}>" for i in ids]
+
+    def placeholder_ids(self) -> set[int]:
+        return {PAD_ID, UNK_ID}
 
     def save_files(self, directory: Path) -> None:
         (directory / VOCAB_FILE).write_text("".join(f"{w}\n" for w in self.vocabulary or []), encoding="utf-8")

@@ -7,10 +7,11 @@ Writes ``<paths.reports>/``: metrics.json (DVC metrics: the test scores, the exp
 calibration error before and after T, and T), per_class.json, confusion.csv (DVC confusion
 plot), per_class_f1.csv (DVC bar plot), confusion.png, reliability_uncalibrated.csv and
 reliability_calibrated.csv (DVC plot: each bin's confidence against its accuracy) and
-reliability.png (the reliability diagram) and report.html (textclf.report: all of the above on
-one page that opens offline, with the learning curves and the ``ERRORS_SHOWN`` test documents
-misclassified with the highest calibrated probability, their tokens highlighted by
-contribution); completes the MLflow run that trained the
+reliability.png (the reliability diagram), top_features.json (bag and linear models: each class's
+strongest features, textclf.explain.top_features; {} for the others) and report.html
+(textclf.report: all of the above on one page that opens offline, with the learning curves
+and the ``ERRORS_SHOWN`` test documents misclassified with the highest calibrated
+probability, their tokens highlighted by contribution); completes the MLflow run that trained the
 checkpoint with the test metrics (and ``val/temperature``) and reports, PNGs of the per-class
 F1 and of the learning curves (from training_curves.csv), and the shipped model
 (``runs:/<id>/model``, see textclf.serving): the checkpoint, the encoder and labels of
@@ -49,6 +50,7 @@ from textclf.config import MODEL_SECTIONS, Config, load_params
 from textclf.data.datamodule import BatchedSplit, TextDataModule, tokens_kept
 from textclf.encoders.base import TextEncoder, load_encoder
 from textclf.errors import TextclfError, run_cli
+from textclf.explain import explain_batch, top_features
 from textclf.hashing import file_sha256
 from textclf.metrics import (
     CARDINALITY,
@@ -94,6 +96,7 @@ RELIABILITY_PNG = "reliability.png"
 PER_CLASS_F1_PNG, CURVES_PNG = "per_class_f1.png", "training_curves.png"
 REPORT_HTML = "report.html"  # the run report (textclf.report), also logged to MLflow
 ERRORS_SHOWN = 20  # the report's most confident test errors
+TOP_FEATURES_FILE, TOP_FEATURES_PER_CLASS = "top_features.json", 20  # {class: [[feature, weight], ...]}
 
 
 @torch.inference_mode()
@@ -206,6 +209,7 @@ def evaluate(
     writer.writerows((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist()))
     png = confusion_png(scores["confusion"].cpu(), names)
     reliability = reliability_png(bins, metrics)
+    strongest = strongest_features(module, load_encoder(processed), names)
     summary = dict(metrics)  # metrics.json also names the classes left out of the macro averages
     if not bool(counted.all()):
         summary["macro_excludes"] = [name for name, kept in zip(names, counted.tolist()) if not kept]
@@ -214,6 +218,7 @@ def evaluate(
         per_class,
         {"confusion": png, "curves": curves_png(reports_dir), "reliability": reliability},
         confident_test_errors(module, datamodule, load_encoder(processed), probabilities["calibrated"], labels),
+        top_features=strongest or None,
         details=details,
     )
 
@@ -228,6 +233,7 @@ def evaluate(
             **{reports_dir / RELIABILITY_CSVS[name]: reliability_csv(rows).encode() for name, rows in bins.items()},
             reports_dir / RELIABILITY_PNG: reliability,
             reports_dir / REPORT_HTML: report.encode(),
+            reports_dir / TOP_FEATURES_FILE: _json_bytes(strongest),
             reports_dir / METRICS_FILE: _json_bytes(summary),
         }
     )
@@ -318,7 +324,8 @@ def evaluate_multi_label(
         summary["macro_excludes"] = [name for name, kept in zip(names, counted.tolist()) if not kept]
     png, reliability = confusion_png(confusion, shown), reliability_png(bins, metrics)
     figures = {"confusion": png, "curves": curves_png(reports_dir), "reliability": reliability}
-    report = render_report(summary, per_class, figures, [], details=details)
+    strongest = strongest_features(module, load_encoder(datamodule.processed), names)
+    report = render_report(summary, per_class, figures, [], top_features=strongest or None, details=details)
     write_files(
         {
             reports_dir / PER_CLASS_FILE: _json_bytes(per_class),
@@ -328,6 +335,7 @@ def evaluate_multi_label(
             **{reports_dir / RELIABILITY_CSVS[name]: reliability_csv(rows).encode() for name, rows in bins.items()},
             reports_dir / RELIABILITY_PNG: reliability,
             reports_dir / REPORT_HTML: report.encode(),
+            reports_dir / TOP_FEATURES_FILE: _json_bytes(strongest),
             reports_dir / METRICS_FILE: _json_bytes(summary),
         }
     )
@@ -370,6 +378,15 @@ def most_confident_errors(probabilities: torch.Tensor, labels: torch.Tensor, cou
     return wrong[order][:count].tolist()
 
 
+def strongest_features(module: TextClassifier, encoder: TextEncoder, names: list[str]) -> dict[str, list[list]]:
+    """top_features.json: {class name: [[feature, weight], ...]} for bag and linear models
+    (textclf.explain.top_features), {} for the others."""
+    features = top_features(module, encoder, TOP_FEATURES_PER_CLASS)  # None: not a bag or linear model
+    if features is None:
+        return {}
+    return {names[int(c)]: [[f, round(w, 6)] for f, w in ranked] for c, ranked in features.items()}
+
+
 def confident_test_errors(
     module: TextClassifier,
     datamodule: TextDataModule,
@@ -402,27 +419,14 @@ def error_records(
     tokens, offsets, lengths, labels; each document as the model reads it), whose predicted
     class indices, calibrated probabilities and positions in the test split are given.
 
-    Each document's tokens with their contributions to the predicted class, from
-    textclf.explain where it exists; without it, the tokens the encoder decodes from the ids
-    and no contributions."""
+    Each document's tokens with their contributions to its predicted class's logit
+    (textclf.explain: exact for bag and linear models, integrated gradients for the others)."""
     if not documents:
         return []
-    try:
-        from textclf.explain import explain_batch
-    except ModuleNotFoundError as error:
-        if error.name != "textclf.explain":
-            raise
-        explained = None
-    else:
-        explained = explain_batch(module, encoder, batch)
-    starts, lengths = batch["offsets"].tolist(), batch["lengths"].tolist()
+    explained = explain_batch(module, encoder, batch)
     records = []
     for i, (document, label) in enumerate(zip(documents, batch["labels"].tolist())):
-        if explained is None:
-            ids = batch["tokens"][starts[i] : starts[i] + lengths[i]].tolist()
-            tokens, contributions, method = encoder.token_strings(ids), None, None
-        else:
-            tokens, contributions, method = explained[i].tokens, explained[i].contributions, explained[i].method
+        tokens, contributions, method = explained[i].tokens, explained[i].contributions, explained[i].method
         records.append(
             ErrorRecord(
                 document=document,
@@ -503,7 +507,7 @@ def log_to_run(
         metrics=[Metric(logged_name(key), float(value), timestamp, 0) for key, value in metrics.items()],
     )
     with artifact_store_errors(logged):
-        for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG, RELIABILITY_PNG, REPORT_HTML):
+        for name in (METRICS_FILE, PER_CLASS_FILE, CONFUSION_PNG, RELIABILITY_PNG, REPORT_HTML, TOP_FEATURES_FILE):
             store.log_artifact(run_id, str(reports_dir / name), artifact_path="evaluation")
         log_figures(store, run_id, reports_dir, metrics[F1_MACRO])
         # The config that trained the checkpoint (secrets masked, as train wrote it), not this
