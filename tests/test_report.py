@@ -183,9 +183,12 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory, tiny_archive) -> TinyRun
 def test_evaluate_writes_the_report_of_the_run_and_logs_it(evaluated: TinyRun) -> None:
     reports = evaluated.cfg.paths.reports
     page = (reports / "report.html").read_text(encoding="utf-8")
-    assert section_ids(page) == [section for section in SECTIONS if section != "top-features"]
+    assert section_ids(page) == list(SECTIONS)  # fastText is a bag model: its top features too
     assert len(images(page)) == 3  # confusion, learning curves, reliability
     assert evaluated.run_id in page
+    strongest = json.loads((reports / "top_features.json").read_text())
+    for name, ranked in strongest.items():
+        assert html.escape(name) in page and html.escape(ranked[0][0]) in page
     metrics = json.loads((reports / "metrics.json").read_text())
     assert f"T = {metrics['temperature']:.4f}" in page
     # The errors: the most confident ones, at most 20, each document's tokens the vocabulary's words.
@@ -199,6 +202,10 @@ def test_evaluate_writes_the_report_of_the_run_and_logs_it(evaluated: TinyRun) -
     corpus = set(COMMON_WORDS).union(*GROUP_WORDS.values())
     for text in texts:  # each document's tokens, as the model read them: the corpus's words
         assert set(html.unescape(text).split()) & corpus
+    # ... each highlighted by its contribution (textclf.explain: exact for fastText)
+    errors = re.findall(r'<article class="error">(.*?)</article>', page, flags=re.S)
+    assert len(errors) == len(headings)
+    assert all(re.search(r'<span class="token" style="background:rgba\([\d,]+,0\.[1-9]', error) for error in errors)
     client = MlflowClient(evaluated.uri)
     logged = {artifact.path for artifact in client.list_artifacts(evaluated.run_id, "evaluation")}
     assert "evaluation/report.html" in logged
