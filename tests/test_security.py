@@ -70,6 +70,8 @@ HYPERPARAMETERS = {  # what TextClassifier saves: a tiny fasttext, Adam, cosine
     "num_classes": 3,
     "label_smoothing": 0.0,
     "class_weights": None,
+    "loss": "cross_entropy",
+    "multi_label": False,
 }
 
 
