@@ -55,3 +55,14 @@ def test_label_smoothing_with_the_squared_hinge_is_refused_in_one_line() -> None
     assert "\n" not in str(error.value)
     with pytest.raises(TextclfError, match=r"train\.loss"):
         validate(compose(["train.loss=hinge"], root=REPO_ROOT))
+
+
+def test_with_multi_hot_targets_each_label_is_its_own_binary_hinge_and_weights_weigh_positives() -> None:
+    logits = torch.tensor([[2.0, -0.5, 0.3], [0.0, 0.0, 0.0]])
+    targets = torch.tensor([[1, 0, 1], [0, 0, 0]])
+    # Document 0: label 0 past its margin, label 1 (target -1) costs 0.5^2, label 2 (target +1) 0.7^2;
+    # document 1: each label one unit inside its margin.
+    assert SquaredHingeLoss()(logits, targets) == pytest.approx((0.25 + 0.49 + 3.0) / 2)
+    weighted = SquaredHingeLoss(torch.tensor([1.0, 1.0, 4.0]))(logits, targets)  # pos_weight: label 2's positive term
+    assert weighted == pytest.approx((0.25 + 4 * 0.49 + 3.0) / 2)
+    assert isinstance(build_criterion("squared_hinge", None, 0.0, multi_label=True), SquaredHingeLoss)
