@@ -203,13 +203,11 @@ def evaluate(
         for i, name in enumerate(names)
     }
     predicted = logits.argmax(dim=1)
-    rows = io.StringIO()
-    writer = csv.writer(rows, lineterminator="\n")
-    writer.writerow(["actual", "predicted"])
-    writer.writerows((names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist()))
+    pairs = [(names[a], names[p]) for a, p in zip(labels.tolist(), predicted.tolist())]
     png = confusion_png(scores["confusion"].cpu(), names)
     reliability = reliability_png(bins, metrics)
-    strongest = strongest_features(module, load_encoder(processed), names)
+    encoder = load_encoder(processed)  # once: the top features and the errors' tokens both read it
+    strongest = strongest_features(module, encoder, names)
     summary = dict(metrics)  # metrics.json also names the classes left out of the macro averages
     if not bool(counted.all()):
         summary["macro_excludes"] = [name for name, kept in zip(names, counted.tolist()) if not kept]
@@ -217,19 +215,43 @@ def evaluate(
         summary,
         per_class,
         {"confusion": png, "curves": curves_png(reports_dir), "reliability": reliability},
-        confident_test_errors(module, datamodule, load_encoder(processed), probabilities["calibrated"], labels),
+        confident_test_errors(module, datamodule, encoder, probabilities["calibrated"], labels),
         top_features=strongest or None,
         details=details,
     )
 
-    # Everything is computed before the first write; the reports are written as one (all staged,
-    # then renamed), so a failure leaves none of them changed.
+    write_reports(reports_dir, summary, per_class, pairs, png, bins, reliability, report, strongest)
+    with store_errors(uri):
+        log_to_run(cfg, models_dir, processed, metrics, reports_dir, reference)
+    return metrics
+
+
+def write_reports(
+    reports_dir: Path,
+    summary: dict[str, object],
+    per_class: dict[str, dict[str, float]],
+    pairs: list[tuple[str, str]],
+    confusion: bytes,
+    bins: dict[str, list[dict[str, float]]],
+    reliability: bytes,
+    report: str,
+    strongest: dict[str, list[list]],
+) -> None:
+    """Writes every report dvc.yaml declares as evaluate's outs, single- or multi-label:
+    ``pairs`` the confusion's (actual, predicted) rows, ``confusion`` and ``reliability`` the
+    PNGs, ``bins`` reliability_bins' rows by calibration state, ``report`` the run report.
+    Everything is computed before the first write; the files are written as one (all staged,
+    then renamed), so a failure leaves none of them changed."""
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["actual", "predicted"])
+    writer.writerows(pairs)
     write_files(
         {
             reports_dir / PER_CLASS_FILE: _json_bytes(per_class),
-            reports_dir / CONFUSION_CSV: rows.getvalue().encode(),
+            reports_dir / CONFUSION_CSV: table.getvalue().encode(),
             reports_dir / PER_CLASS_F1_CSV: per_class_f1_csv(per_class).encode(),
-            reports_dir / CONFUSION_PNG: png,
+            reports_dir / CONFUSION_PNG: confusion,
             **{reports_dir / RELIABILITY_CSVS[name]: reliability_csv(rows).encode() for name, rows in bins.items()},
             reports_dir / RELIABILITY_PNG: reliability,
             reports_dir / REPORT_HTML: report.encode(),
@@ -237,9 +259,6 @@ def evaluate(
             reports_dir / METRICS_FILE: _json_bytes(summary),
         }
     )
-    with store_errors(uri):
-        log_to_run(cfg, models_dir, processed, metrics, reports_dir, reference)
-    return metrics
 
 
 def confusion_png(confusion: torch.Tensor, names: list[str]) -> bytes:
@@ -310,10 +329,6 @@ def evaluate_multi_label(
         for i, name in enumerate(names)
     }
     pairs = multi_label_confusion(labels, predicted, names)
-    rows = io.StringIO()
-    writer = csv.writer(rows, lineterminator="\n")
-    writer.writerow(["actual", "predicted"])
-    writer.writerows(pairs)
     shown = [*names, NO_LABEL]
     index = {name: i for i, name in enumerate(shown)}
     confusion = torch.zeros(len(shown), len(shown), dtype=torch.int64)
@@ -326,19 +341,7 @@ def evaluate_multi_label(
     figures = {"confusion": png, "curves": curves_png(reports_dir), "reliability": reliability}
     strongest = strongest_features(module, load_encoder(datamodule.processed), names)
     report = render_report(summary, per_class, figures, [], top_features=strongest or None, details=details)
-    write_files(
-        {
-            reports_dir / PER_CLASS_FILE: _json_bytes(per_class),
-            reports_dir / CONFUSION_CSV: rows.getvalue().encode(),
-            reports_dir / PER_CLASS_F1_CSV: per_class_f1_csv(per_class).encode(),
-            reports_dir / CONFUSION_PNG: png,
-            **{reports_dir / RELIABILITY_CSVS[name]: reliability_csv(rows).encode() for name, rows in bins.items()},
-            reports_dir / RELIABILITY_PNG: reliability,
-            reports_dir / REPORT_HTML: report.encode(),
-            reports_dir / TOP_FEATURES_FILE: _json_bytes(strongest),
-            reports_dir / METRICS_FILE: _json_bytes(summary),
-        }
-    )
+    write_reports(reports_dir, summary, per_class, pairs, png, bins, reliability, report, strongest)
     return metrics, thresholds
 
 
