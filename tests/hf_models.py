@@ -3,7 +3,7 @@ and the config that fine-tunes it (model=hf) on a tiny corpus.
 
 ``build_tiny_bert`` writes what save_pretrained writes for a real model: config.json,
 model.safetensors and the tokenizer files (a WordPiece tokenizer trained on the tiny corpus);
-a random BERT of 2 layers, 32 wide, MAX_POSITIONS positions.
+a random BERT of 2 layers, 32 wide, MAX_POSITIONS positions unless told otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from corpora import texts
 MAX_POSITIONS = 64
 
 
-def build_tiny_bert(directory: Path) -> Path:
+def build_tiny_bert(directory: Path, max_positions: int = MAX_POSITIONS) -> Path:
     """A directory as save_pretrained writes one: config.json, model.safetensors, tokenizer files."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
@@ -50,7 +50,7 @@ def build_tiny_bert(directory: Path) -> Path:
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
-        max_position_embeddings=MAX_POSITIONS,
+        max_position_embeddings=max_positions,
     )
     with torch.random.fork_rng():  # the same weights every time, the caller's generator untouched
         torch.manual_seed(0)

@@ -24,11 +24,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from textclf.atomic import write_json
 from textclf.config import credential_problems, validate
 from textclf.errors import TextclfError, run_cli
 from textclf.logs import hand_lightning_to_root
 from textclf.params import CONFIG_NAME, conf_dir
 
+JOB_FILE = "job.json"  # in each job's output directory: run_pipeline's summary (its MLflow run id)
 FORCE_ENV = "TEXTCLF_FORCE"  # "1": sweeps train jobs that already have a finished run
 
 # ${textclf.unique:} in hydra.run.dir / hydra.sweep.dir (conf/config.yaml): "<pid>-<6 hex>",
@@ -79,6 +81,8 @@ def run(cfg: DictConfig) -> float:
         )
     elif summary:
         print(f"textclf: {summary}")
+    if summary:  # rank 0: the job's MLflow run, for what reads the sweep (textclf.ensemble.EnsembleCallback)
+        write_json(Path(hydra_cfg.runtime.output_dir) / JOB_FILE, summary)
     return float(summary.get("best_score", 0.0))
 
 

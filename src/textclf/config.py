@@ -93,6 +93,14 @@ class CalibrationConfig(_Section):
     method: Literal["temperature", "none"]  # temperature: T fitted on the validation split; none: T = 1
 
 
+class EnsembleConfig(_Section):
+    """A preset that trains several members and combines them (conf/experiment/best.yaml): a
+    Hydra sweep, one job per member (conf/member/), then textclf.ensemble.EnsembleCallback."""
+
+    pretrained: str | None = None  # the pretrained member's model (a local directory or a Hub id)
+    combine: Literal["mean", "log"] | None = None  # null: the one with the lower validation NLL
+
+
 # What each built section may name: every class or function the project builds from a config
 # section or a checkpoint's hyperparameters. Imported by name only once a name is found here.
 TARGETS = {
@@ -182,6 +190,7 @@ class Config(_Section):
     train: TrainConfig
     calibration: CalibrationConfig
     paths: PathsConfig
+    ensemble: EnsembleConfig | None = None  # only in ensemble presets (+experiment=best)
     raw: DictConfig | None = Field(default=None, exclude=True)  # the validated input, as given
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -440,6 +449,11 @@ def load_params(path: str | Path = "params.yaml", targets: tuple[str, ...] = ALL
         raise TextclfError(f"{path}: not valid YAML ({error})".replace("\n", " ")) from error
     if not isinstance(values, dict):
         raise TextclfError(f"{path}: expected a mapping of config sections")
+    if values.get("ensemble") is not None:
+        raise TextclfError(
+            f"{path}: has an ensemble section, from an ensemble preset (+experiment=best), which trains its "
+            "members in a Hydra sweep and a stage trains one model: run `python -m textclf +experiment=best` instead"
+        )
     return validate(values, source=str(path), targets=targets)
 
 

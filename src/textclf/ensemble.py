@@ -45,6 +45,8 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from textclf.errors import TextclfError, first_line, run_cli
 from textclf.serving import LABEL_COLUMN, TEXT_COLUMN, texts_of
@@ -64,6 +66,7 @@ MEMBER_THRESHOLDS_ARTIFACT = "artifacts/thresholds.json"  # a multi-label model'
 # data.* keys that change where the bytes come from, never what they are (data.sha256 pins them).
 WHERE_NOT_WHAT = ("mirrors",)
 SUMMARY_DEFAULT = Path("reports/ensemble.json")
+ENSEMBLE_SUMMARY = "ensemble.json"  # an ensemble preset's summary, in its sweep directory
 
 
 # --- combining ------------------------------------------------------------------------------
@@ -473,6 +476,55 @@ def member_requirements(members: list[Member]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def describe(summary: dict[str, Any], summary_path: Path) -> str:
+    """One line of what ``ensemble`` made: the model, the weights, validation and test scores."""
+    members = summary["members"]
+    weights = ", ".join(f"{member['weight']:.3f}" for member in members)
+    val_losses = ", ".join(f"{member['val']['loss']:.4f}" for member in members)
+    accuracies = ", ".join(f"{member['test']['accuracy']:.4f}" for member in members)
+    return (
+        f"ensemble: {summary['model_uri']} ({summary['combine']} of {len(members)} members, weights {weights}); "
+        f"val loss {summary['val']['loss']:.4f} (members {val_losses}); test accuracy "
+        f"{summary['test']['accuracy']:.4f} (members {accuracies}), macro-F1 {summary['test']['f1_macro']:.4f}; "
+        f"summary in {summary_path}"
+    )
+
+
+# --- ensemble presets: a Hydra sweep of the members, then this ---------------------------------
+
+
+class EnsembleCallback(Callback):
+    """Ends an ensemble preset's sweep (conf/experiment/best.yaml: one job per member, each the
+    whole pipeline, skipped when it already has a finished run, as any sweep's jobs) by combining
+    the members' runs: the jobs' runs (their job.json) go to ``ensemble``, with the raw data the
+    jobs shared; the summary lands in the sweep directory as ensemble.json, the ensemble in MLflow
+    as a new run of the members' experiment."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from textclf.__main__ import JOB_FILE
+        from textclf.config import validate
+        from textclf.pipeline import raw_directory
+        from textclf.tracking import tracking_uri
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = sorted(sweep_dir.glob(f"*/{JOB_FILE}"), key=lambda path: path.parent.name)
+        if len(jobs) < 2:
+            raise TextclfError(f"{sweep_dir}: {len(jobs)} finished member jobs, an ensemble needs two or more")
+        run_ids = [json.loads(job.read_text(encoding="utf-8"))["run_id"] for job in jobs]
+        job_config = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+        cfg = validate(job_config, source="ensemble preset")  # the sweep's config: the members' shared data
+        combine_how = cfg.ensemble.combine if cfg.ensemble is not None else None
+        summary_path = sweep_dir / ENSEMBLE_SUMMARY
+        summary = ensemble(
+            [f"runs:/{run_id}/model" for run_id in run_ids],
+            tracking_uri(cfg.tracking),
+            summary_path,
+            raw=raw_directory(cfg),
+            how=combine_how,
+        )
+        print(describe(summary, summary_path), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     from textclf.predict import run_model_uri
     from textclf.tracking import default_tracking_uri
@@ -501,16 +553,7 @@ def main(argv: list[str] | None = None) -> None:
     def command() -> None:
         uri = args.tracking_uri or default_tracking_uri()
         summary = ensemble(args.members, uri, args.summary, args.raw, args.combine, args.experiment_name, args.run_name)
-        members = summary["members"]
-        weights = ", ".join(f"{member['weight']:.3f}" for member in members)
-        val_losses = ", ".join(f"{member['val']['loss']:.4f}" for member in members)
-        accuracies = ", ".join(f"{member['test']['accuracy']:.4f}" for member in members)
-        print(
-            f"ensemble: {summary['model_uri']} ({summary['combine']} of {len(members)} members, weights {weights}); "
-            f"val loss {summary['val']['loss']:.4f} (members {val_losses}); test accuracy "
-            f"{summary['test']['accuracy']:.4f} (members {accuracies}), macro-F1 {summary['test']['f1_macro']:.4f}; "
-            f"summary in {args.summary}"
-        )
+        print(describe(summary, args.summary))
 
     run_cli("ensemble", command)
 

@@ -39,7 +39,9 @@ from textclf.tracking import TrackingStore, check_tracking_uri, tracking_uri
 
 FINGERPRINT_TAG = "textclf.fingerprint"
 # Config keys that never change the trained model: excluded from the fingerprint.
-NOT_FINGERPRINTED = {"paths": None, "tracking": None, "trainer": {"enable_progress_bar"}}
+# ensemble: an ensemble preset's settings, which reach a member's model only through the keys they
+# set (the pretrained member's model.name), fingerprinted there.
+NOT_FINGERPRINTED = {"paths": None, "tracking": None, "ensemble": None, "trainer": {"enable_progress_bar"}}
 
 
 def _key(identity: dict[str, Any]) -> str:
@@ -58,6 +60,11 @@ def processed_key(cfg: Config, content_sha256: str) -> str:
     return _key(identity)
 
 
+def raw_directory(cfg: Config) -> Path:
+    """Where jobs with ``cfg``'s data settings find the download stage's output."""
+    return cfg.paths.cache / "raw" / _key({"source": to_dict(cfg)["data"]})
+
+
 def prepare_data(cfg: Config, progress: bool = True) -> Path:
     """Returns the processed directory for ``cfg``, downloading and preprocessing if needed.
 
@@ -68,7 +75,7 @@ def prepare_data(cfg: Config, progress: bool = True) -> Path:
     """
     cache = cfg.paths.cache
     cache.mkdir(parents=True, exist_ok=True)
-    raw_dir = cache / "raw" / _key({"source": to_dict(cfg)["data"]})
+    raw_dir = raw_directory(cfg)
     with path_lock(f"{raw_dir}.lock"):  # held while preprocess reads it (always taken first)
         record = download(cfg, raw_dir, progress=progress)
         processed = cache / "processed" / processed_key(cfg, record.content_sha256)
