@@ -34,16 +34,26 @@ BUILDERS = {"instantiate", "call", "get_object", "get_class", "get_method"}  # o
 
 def conf_targets() -> set[str]:
     """Every textclf `_target_` of conf/'s yaml files but those of the data stages' sections
-    (conf/data, conf/encoder: built by config.build alone, never by a module-level builder)."""
+    (conf/data, conf/encoder: built by config.build alone, never by a module-level builder) and
+    those under a `hydra:` key (callbacks Hydra's launcher builds around a sweep, never a stage)."""
     targets: set[str] = set()
     skipped = [REPO_ROOT / "conf" / section for section in DATA_SECTIONS]
+
+    def collect(node: object) -> None:
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if isinstance(target, str) and target.startswith("textclf."):
+                targets.add(target)
+            for key, value in node.items():
+                if key != "hydra":
+                    collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
     for path in (REPO_ROOT / "conf").rglob("*.yaml"):
-        if any(directory in path.parents for directory in skipped):
-            continue
-        for line in path.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "_target_" and value.split("#")[0].strip().startswith("textclf."):
-                targets.add(value.split("#")[0].strip())
+        if not any(directory in path.parents for directory in skipped):
+            collect(yaml.safe_load(path.read_text()))
     assert targets, "conf/ names no textclf target"
     return targets
 
