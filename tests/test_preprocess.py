@@ -604,6 +604,38 @@ def test_vocabulary_is_by_frequency_then_alphabetical_and_maps_the_rest_to_unk()
     assert PAD_ID == 0 and UNK_ID == 1
 
 
+def test_holdout_last_holds_out_each_class_latest_documents(tiny_config) -> None:
+    """data.holdout=last: for documents in time order, test is each class's last documents and
+    validation the last of what is left, so both are later than every training document of
+    their class; the seed plays no part."""
+    cfg = tiny_config("data.holdout=last")  # test_fraction 0.2, val_fraction 0.25
+    examples = unsplit({"a": 20, "b": 10, "c": 5})  # in source order: a 0-19, b 20-29, c 30-34
+    splits, label_ids = splits_of(cfg, examples)
+    assert splits.test.tolist() == [16, 17, 18, 19, 28, 29, 34]  # round(0.2 * n) of each class
+    assert splits.val.tolist() == [12, 13, 14, 15, 26, 27, 33]  # round(0.25 * the rest), the rest's last
+    assert splits.train.tolist() == [*range(12), *range(20, 26), 30, 31, 32]
+    assert splits.how["val"] == "held out: data.val_fraction=0.25, data.holdout=last"
+    reseeded, _ = splits_of(tiny_config("data.holdout=last", "data.split_seed=1"), examples)
+    assert all(np.array_equal(getattr(reseeded, name), getattr(splits, name)) for name in ("train", "val", "test"))
+
+
+def test_holdout_last_keeps_one_training_document_per_class() -> None:
+    from textclf.data.splits import last_holdout
+
+    labels = [0, 1, 0, 1, 1, 2, 1]  # class 2 has one document: it stays in training
+    kept, held = last_holdout(labels, 0.5)
+    assert held == [2, 4, 6] and kept == [0, 1, 3, 5]
+
+
+def test_holdout_last_of_multi_label_documents_is_the_last_documents(tiny_config) -> None:
+    labels = np.eye(3, dtype=np.int64)[[0, 1, 2] * 10]  # (30, 3) multi-hot
+    labels[::4, 1] = 1  # some documents with two labels
+    splits = make_splits(np.zeros(30, dtype=np.uint8), labels, tiny_config("data.holdout=last").data, ["a", "b", "c"])
+    assert splits.test.tolist() == list(range(24, 30))  # round(0.2 * 30)
+    assert splits.val.tolist() == list(range(18, 24))  # round(0.25 * 24)
+    assert splits.train.tolist() == list(range(18))
+
+
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9, 0.99])
 def test_stratified_holdout_keeps_every_class(fraction: float) -> None:
     labels = [0] + [1] * 2 + [2] * 3 + [3] * 20

@@ -45,11 +45,13 @@ class DataConfig(_Section):
 
     target: str = Field(alias="_target_")
     corpus: str = Field(min_length=1)  # the corpus's name, as the runs are tagged (data_name)
-    # Held out, stratified and seeded, when the source has no such split: the test split
-    # from all documents, the validation split from the training documents left.
+    # Held out when the source has no such split: the test split from all documents, the
+    # validation split from the training documents left; stratified and seeded, or the last
+    # of each class in source order (textclf.data.splits).
     test_fraction: Annotated[float, Field(gt=0, lt=1)]
     val_fraction: Annotated[float, Field(gt=0, lt=1)]
     split_seed: NonNegativeInt
+    holdout: Literal["stratified", "last"] = "stratified"
     # Several labels per text (textclf.data.labels): auto when the label column holds lists (or
     # data.label_separator splits it); true: every text's labels are a set; false: one label each.
     multi_label: Literal["auto"] | bool

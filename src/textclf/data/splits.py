@@ -1,5 +1,6 @@
 """Which documents are train, validation and test: the source's splits, with test and validation
-held out (stratified, seeded by data.split_seed) where the source has none.
+held out where the source has none: stratified and seeded by data.split_seed, or the last
+documents of each class in source order (data.holdout).
 
 Preprocess calls ``make_splits`` on the documents it has tokenized; ``read_held_out`` calls it
 on the same source read again, for what needs the raw texts of the validation and test
@@ -11,7 +12,7 @@ the data.* settings, never on the encoder, so both give the same documents.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,12 +48,33 @@ def class_indices(names: list[str], codes: Iterable[int]) -> tuple[list[str], np
     return classes, renumber[np.fromiter(codes, dtype=np.int64)]
 
 
-def _holdout(labels: np.ndarray, pool: np.ndarray, fraction: float, seed: int, key: str, classes: list[str]):
-    """Indices ``pool`` split into (kept, held out): stratified, ``fraction`` of each class held out
-    (of multi-hot ``labels`` (N, C), by iterative stratification: textclf.data.labels; a label
-    too rare to be in both is a warning of check_splits, not an error)."""
+def last_holdout(labels: Sequence[int], fraction: float) -> tuple[list[int], list[int]]:
+    """(n,) class indices in source order -> (kept, held out) ascending indices: the last
+    round(fraction * n_c) of each class c held out (each class keeps at least one), the way
+    stratified_holdout draws them at random."""
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    kept, held = [], []
+    for members in by_class.values():
+        n_held = min(round(fraction * len(members)), len(members) - 1)
+        kept.extend(members[: len(members) - n_held])
+        held.extend(members[len(members) - n_held :])
+    return sorted(kept), sorted(held)
+
+
+def _holdout(data: DataConfig, labels: np.ndarray, pool: np.ndarray, key: str, classes: list[str]):
+    """Indices ``pool`` (ascending: source order) split into (kept, held out), data.<key> of each
+    class held out: drawn by data.split_seed (data.holdout: stratified; multi-hot ``labels``
+    (N, C) by iterative stratification, textclf.data.labels: a label too rare to be in both is
+    a warning of check_splits, not an error), or the last in source order (last; multi-hot:
+    the last documents)."""
+    fraction = getattr(data, key)
     if labels.ndim == 2:
-        kept, held = iterative_holdout(labels[pool], fraction, seed)
+        if data.holdout == "last":
+            n_held = min(round(fraction * pool.size), pool.size - 1)
+            return pool[: pool.size - n_held], pool[pool.size - n_held :]
+        kept, held = iterative_holdout(labels[pool], fraction, data.split_seed)
         return pool[kept], pool[held]
     counts = np.bincount(labels[pool], minlength=len(classes))
     few = np.flatnonzero((counts > 0) & (counts < 2))
@@ -62,8 +84,17 @@ def _holdout(labels: np.ndarray, pool: np.ndarray, fraction: float, seed: int, k
             f"class '{name}' has {count} document, too few to hold out a {key.split('_')[0]} split "
             f"(data.{key}={fraction}): add documents of it, or give the source its own {key.split('_')[0]} split"
         )
-    kept, held = stratified_holdout(labels[pool].tolist(), fraction, seed)
+    if data.holdout == "last":
+        kept, held = last_holdout(labels[pool].tolist(), fraction)
+    else:
+        kept, held = stratified_holdout(labels[pool].tolist(), fraction, data.split_seed)
     return pool[kept], pool[held]
+
+
+def _how(data: DataConfig, key: str) -> str:
+    """-> how a held-out split was made, as manifest.json's ``splits`` records it."""
+    drawn = f"data.split_seed={data.split_seed}" if data.holdout == "stratified" else "data.holdout=last"
+    return f"held out: data.{key}={getattr(data, key)}, {drawn}"
 
 
 @dataclass(frozen=True)
@@ -81,11 +112,11 @@ def make_splits(codes: np.ndarray, label_ids: np.ndarray, data: DataConfig, clas
     pool, val, test = (np.flatnonzero(codes == code) for code in (0, 1, 2))
     how = {"train": "source", "val": "source", "test": "source"}
     if test.size == 0:
-        pool, test = _holdout(label_ids, pool, data.test_fraction, data.split_seed, "test_fraction", classes)
-        how["test"] = f"held out: data.test_fraction={data.test_fraction}, data.split_seed={data.split_seed}"
+        pool, test = _holdout(data, label_ids, pool, "test_fraction", classes)
+        how["test"] = _how(data, "test_fraction")
     if val.size == 0:
-        pool, val = _holdout(label_ids, pool, data.val_fraction, data.split_seed, "val_fraction", classes)
-        how["val"] = f"held out: data.val_fraction={data.val_fraction}, data.split_seed={data.split_seed}"
+        pool, val = _holdout(data, label_ids, pool, "val_fraction", classes)
+        how["val"] = _how(data, "val_fraction")
         if val.size == 0:
             per_class = label_ids[pool].sum(axis=0) if label_ids.ndim == 2 else np.bincount(label_ids[pool])
             largest = int(per_class.max())
