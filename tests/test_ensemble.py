@@ -199,6 +199,11 @@ def test_members_of_other_data_or_classes_fail_in_one_line(members: list[TinyRun
         check_members([first, first])
     mirrors = {**second.config, "data": {**second.config["data"], "mirrors": ["https://example.org/x.tar.gz"]}}
     check_members([first, dataclasses.replace(second, config=mirrors)])  # where the bytes come from: no matter
+    older = {**second.config, "data": {k: v for k, v in second.config["data"].items() if k != "holdout"}}
+    check_members([first, dataclasses.replace(second, config=older)])  # logged before data.holdout: its default
+    last = {**second.config, "data": {**second.config["data"], "holdout": "last"}}
+    with pytest.raises(TextclfError, match=r"^members trained on different data: data\.holdout is 'stratified' "):
+        check_members([first, dataclasses.replace(second, config=last)])
 
 
 def test_an_unknown_run_or_missing_raw_data_fails_in_one_line(

@@ -620,10 +620,8 @@ def test_holdout_last_holds_out_each_class_latest_documents(tiny_config) -> None
 
 
 def test_holdout_last_keeps_one_training_document_per_class() -> None:
-    from textclf.data.splits import last_holdout
-
     labels = [0, 1, 0, 1, 1, 2, 1]  # class 2 has one document: it stays in training
-    kept, held = last_holdout(labels, 0.5)
+    kept, held = stratified_holdout(labels, 0.5, seed=0, last=True)
     assert held == [2, 4, 6] and kept == [0, 1, 3, 5]
 
 

@@ -51,6 +51,7 @@ class DataConfig(_Section):
     test_fraction: Annotated[float, Field(gt=0, lt=1)]
     val_fraction: Annotated[float, Field(gt=0, lt=1)]
     split_seed: NonNegativeInt
+    # Defaulted (unlike its neighbours): configs logged before it existed held out at random.
     holdout: Literal["stratified", "last"] = "stratified"
     # Several labels per text (textclf.data.labels): auto when the label column holds lists (or
     # data.label_separator splits it); true: every text's labels are a set; false: one label each.

@@ -252,9 +252,12 @@ def fetch_member(model_uri: str, tracking_uri: str, into: Path) -> Member:
 
 
 def _data_settings(member: Member) -> dict[str, Any]:
-    from textclf.config import flatten
+    from textclf.config import DataConfig, flatten
 
-    data = member.config.get("data") or {}
+    # A key a member's logged config lacks (logged before it existed) has DataConfig's default,
+    # as that config is read everywhere else.
+    defaults = {name: field.default for name, field in DataConfig.model_fields.items() if not field.is_required()}
+    data = defaults | (member.config.get("data") or {})
     return {f"data.{key}": value for key, value in flatten(data).items() if key not in WHERE_NOT_WHAT}
 
 

@@ -153,11 +153,14 @@ class TokenIds:
         return mapping[ids]
 
 
-def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def stratified_holdout(
+    labels: Sequence[int], fraction: float, seed: int, last: bool = False
+) -> tuple[list[int], list[int]]:
     """Splits indices into (train_indices, val_indices), holding out round(fraction * n) of
-    each class for validation.
+    each class for validation: drawn at random (deterministic for a given seed), or with
+    ``last`` each class's last ones in the order given (the seed plays no part).
 
-    Each class keeps at least one training example. Deterministic for a given seed.
+    Each class keeps at least one training example.
     """
     generator = torch.Generator().manual_seed(seed)
     by_class: dict[int, list[int]] = {}
@@ -166,7 +169,9 @@ def stratified_holdout(labels: Sequence[int], fraction: float, seed: int) -> tup
     train_indices, val_indices = [], []
     for label in sorted(by_class):
         members = by_class[label]
-        order = torch.randperm(len(members), generator=generator).tolist()
+        order = (
+            list(reversed(range(len(members)))) if last else torch.randperm(len(members), generator=generator).tolist()
+        )
         n_val = min(round(fraction * len(members)), len(members) - 1)
         val_indices.extend(members[i] for i in order[:n_val])
         train_indices.extend(members[i] for i in order[n_val:])

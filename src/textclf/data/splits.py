@@ -12,7 +12,7 @@ the data.* settings, never on the encoder, so both give the same documents.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,21 +48,6 @@ def class_indices(names: list[str], codes: Iterable[int]) -> tuple[list[str], np
     return classes, renumber[np.fromiter(codes, dtype=np.int64)]
 
 
-def last_holdout(labels: Sequence[int], fraction: float) -> tuple[list[int], list[int]]:
-    """(n,) class indices in source order -> (kept, held out) ascending indices: the last
-    round(fraction * n_c) of each class c held out (each class keeps at least one), the way
-    stratified_holdout draws them at random."""
-    by_class: dict[int, list[int]] = {}
-    for i, label in enumerate(labels):
-        by_class.setdefault(label, []).append(i)
-    kept, held = [], []
-    for members in by_class.values():
-        n_held = min(round(fraction * len(members)), len(members) - 1)
-        kept.extend(members[: len(members) - n_held])
-        held.extend(members[len(members) - n_held :])
-    return sorted(kept), sorted(held)
-
-
 def _holdout(data: DataConfig, labels: np.ndarray, pool: np.ndarray, key: str, classes: list[str]):
     """Indices ``pool`` (ascending: source order) split into (kept, held out), data.<key> of each
     class held out: drawn by data.split_seed (data.holdout: stratified; multi-hot ``labels``
@@ -84,10 +69,7 @@ def _holdout(data: DataConfig, labels: np.ndarray, pool: np.ndarray, key: str, c
             f"class '{name}' has {count} document, too few to hold out a {key.split('_')[0]} split "
             f"(data.{key}={fraction}): add documents of it, or give the source its own {key.split('_')[0]} split"
         )
-    if data.holdout == "last":
-        kept, held = last_holdout(labels[pool].tolist(), fraction)
-    else:
-        kept, held = stratified_holdout(labels[pool].tolist(), fraction, data.split_seed)
+    kept, held = stratified_holdout(labels[pool].tolist(), fraction, data.split_seed, last=data.holdout == "last")
     return pool[kept], pool[held]
 
 
