@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from textclf.data.archive import Message, read_messages
+from textclf.data.archive import Message, article_order, read_messages
 from textclf.encoders.text import Tokenizer, clean, decode, strip_footer, strip_headers, strip_quotes
 from textclf.errors import TextclfError
 
@@ -184,12 +184,17 @@ def test_valid_archive_is_sorted_with_raw_bytes_intact(tmp_path: Path, mode: str
     messages = read_messages(archive, SPLITS)
     assert messages == [
         Message(TEST, "a.grp", "5", b"test five"),
-        Message(TRAIN, "a.grp", "10", b"ten"),  # names sort as strings
-        Message(TRAIN, "a.grp", "3", b"three"),
+        Message(TRAIN, "a.grp", "3", b"three"),  # article numbers sort as numbers
+        Message(TRAIN, "a.grp", "10", b"ten"),
         Message(TRAIN, "b.grp", "20", b"caf\xe9 na\xefve\r\n\x00binary"),
     ]
-    keys = [(m.split, m.group, m.name) for m in messages]
+    keys = [(m.split, m.group, article_order(m.name)) for m in messages]
     assert keys == sorted(keys)
+
+
+def test_article_order_sorts_numbers_as_numbers_and_text_as_text() -> None:
+    names = ["10000", "9999", "a10", "a9", "01", "1", "b", "2.5", "2.10"]
+    assert sorted(names, key=article_order) == ["01", "1", "2.5", "2.10", "9999", "10000", "a9", "a10", "b"]
 
 
 def test_tiny_archive_reads_every_message(tiny_archive) -> None:

@@ -100,6 +100,16 @@ def test_class_folders_give_unsplit_examples_sorted_by_class_and_path(tmp_path: 
     assert not any(example.fallback for example in found)
 
 
+def test_numbered_files_are_in_number_order_in_a_directory_and_an_archive(tmp_path: Path) -> None:
+    """9.txt before 10.txt (and msg2 before msg10): data.holdout=last holds out the highest."""
+    files = {f"a/{name}": name.encode() for name in ("10.txt", "9.txt", "100.txt", "msg10", "msg2")}
+    expected = ["9.txt", "10.txt", "100.txt", "msg2", "msg10"]
+    directory = examples(make(write_tree(tmp_path / "corpus", files)))
+    packed = examples(make(write_tar(tmp_path / "corpus.tar.gz", files, seed=3)))
+    assert [example.text for example in directory] == expected
+    assert [example.text for example in packed] == expected
+
+
 def test_one_wrapping_folder_is_looked_through(tmp_path: Path) -> None:
     write_tree(tmp_path / "outer", {f"corpus/{name}": payload for name, payload in FLAT.items()})
     found = examples(make(tmp_path / "outer"))

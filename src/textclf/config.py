@@ -141,6 +141,7 @@ class OptimizerConfig(_Section):
     weight_decay: NonNegativeFloat
     momentum: NonNegativeFloat | None = None  # SGD only: conf/optimizer/sgd.yaml sets it
     nesterov: bool | None = None  # SGD only
+    fused: bool | None = None  # Adam and AdamW: one kernel for all parameters (conf/optimizer/adam.yaml)
 
 
 class TrainerConfig(_Section):

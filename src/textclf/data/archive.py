@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import lzma
 import posixpath
+import re
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -216,7 +217,8 @@ def read_corpus(
     max_document_bytes: int | None = None,
     max_archive_bytes: int | None = None,
 ) -> tuple[list[Message], str]:
-    """Returns every ``<split>/<group>/<name>`` file of the archive, sorted, as raw bytes, and
+    """Returns every ``<split>/<group>/<name>`` file of the archive, sorted (names in
+    ``article_order``), as raw bytes, and
     the archive's content hash (``content_sha256``), from one pass.
 
     Raises TextclfError for a corrupt or truncated archive, an unsafe member, a split or
@@ -255,8 +257,17 @@ def read_corpus(
     if empty:
         names = ", ".join(f"'{split}/{group}/'" for split, group in empty)
         raise TextclfError(f"{archive}: no messages in category directory {names} (remove it or add messages)")
-    messages.sort(key=lambda m: (m.split, m.group, m.name))
+    messages.sort(key=lambda m: (m.split, m.group, article_order(m.name)))
     return messages, content_hash(lines)
+
+
+def article_order(name: str) -> tuple[list[str | int], str]:
+    """A sort key that puts numbered files in number order ('9' before '10'): Usenet article
+    numbers grow with time, so data.holdout=last then holds out a group's latest posts. Runs of
+    digits compare as numbers, the text between them as text (the pieces alternate, so like is
+    compared with like); the name itself breaks ties ('01' and '1')."""
+    pieces = re.split(r"(\d+)", name)
+    return [int(piece) if index % 2 else piece for index, piece in enumerate(pieces)], name
 
 
 def read_messages(

@@ -11,7 +11,8 @@ entries (``.DS_Store``, ``._*``, ``Thumbs.db``, ``__MACOSX/``; base.is_hidden) a
 beside the class or split folders (a README) are skipped and counted (SourceRecord.skipped).
 Split folder names match case-insensitively, so ``Train/`` is a split, never a class.
 
-The documents are yielded sorted by (split, class, path below the class), whatever the packing:
+The documents are yielded sorted by (split, class, path below the class; numbers in file names
+in number order, archive.article_order), whatever the packing:
 a directory, its tar.gz and its zip give the same examples in the same order. A directory and a
 zip are read in that order directly; a tar stream is read in passes, each keeping at most
 READ_BUFFER_BYTES of documents that come early in the archive but late in the order (one pass
@@ -217,7 +218,13 @@ def plan(
             "(remove it, or add its files)"
         )
     order = {None: -1} | {split: index for index, split in enumerate(SPLITS)}
-    documents.sort(key=lambda doc: (order[doc.split], doc.label, doc.key.split("/")[depth - len(root) :]))
+    documents.sort(
+        key=lambda doc: (
+            order[doc.split],
+            doc.label,
+            [archive.article_order(part) for part in doc.key.split("/")[depth - len(root) :]],
+        )
+    )
     for before, after in itertools.pairwise(documents):
         if before.path == after.path:
             raise TextclfError(f"{shown}: holds {before.path!r} twice (repack it with one copy)")
