@@ -61,7 +61,11 @@ def test_the_best_row_shows_its_members_and_is_judged_by_its_whole_command() -> 
     a line under the table; its train time, the whole command's, against the 1800 s target."""
     members = [
         {"member": name, "run_id": name, "weight": weight, "test": {"accuracy": accuracy}}
-        for name, weight, accuracy in (("linear", 0.4, 0.8683), ("fasttext_wide", 0.22, 0.8675), ("minilm", 0.38, 0.7783))
+        for name, weight, accuracy in (
+            ("linear", 0.4, 0.8683),
+            ("fasttext_wide", 0.22, 0.8675),
+            ("minilm", 0.38, 0.7783),
+        )
     ]
     best = {"test_accuracy": 0.8983, "test_f1_macro": 0.8916, "train_seconds": 1596.2, "samples_per_second": None}
     best |= {"peak_rss_mb": None, "ece_uncalibrated": None, "ece_calibrated": 0.0253, "temperature": None}
