@@ -31,6 +31,7 @@ REQUIRED = {
     "model=hf": ["model.name=model"],
     "encoder=hf": ["model=hf", "model.name=model"],  # the model's own tokenizer: its name and max_len
     "+experiment=minilm": ["model.name=model"],
+    "optimizer=adamw": ["model.sparse=false"],  # its weight decay would not reach SparseAdam's tables
 }
 
 
@@ -120,6 +121,7 @@ def test_seed_zero_is_a_seed() -> None:
         ("model._target_=textclf.models.nope.Nope", "model._target_"),
         ("scheduler.warmup_fraction=2", "scheduler.warmup_fraction"),
         ("trainer.gradient_clip_val=1.0", "model.sparse"),
+        ("optimizer.weight_decay=0.0001", "model.sparse=false"),  # SparseAdam steps the sparse tables
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(override: str, named: str) -> None:
@@ -191,3 +193,8 @@ def test_missing_params_file_is_named(tmp_path: Path) -> None:
 def test_a_section_builds_only_the_project_s_own_targets(override: str, message: str) -> None:
     with pytest.raises(TextclfError, match=re.escape(message)):
         validate(compose([override], root=REPO_ROOT))
+
+
+def test_weight_decay_is_taken_where_every_table_is_dense() -> None:
+    cfg = validate(compose(["model.sparse=false", "optimizer.weight_decay=0.0001"], root=REPO_ROOT))
+    assert cfg.optimizer.weight_decay == 0.0001

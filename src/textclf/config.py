@@ -379,6 +379,13 @@ def validate(
                 "model.sparse: true cannot be combined with trainer.gradient_clip_val "
                 "(clipping needs dense gradients; set model.sparse=false or trainer.gradient_clip_val=null)"
             )
+    optimizer = values.get("optimizer")
+    if isinstance(model, dict) and isinstance(optimizer, dict) and model.get("sparse") and optimizer.get("weight_decay"):
+        problems.append(
+            f"optimizer.weight_decay={optimizer['weight_decay']} would not reach the model.sparse: true "
+            "embedding tables (SparseAdam steps them, without weight decay; set model.sparse=false to decay them, "
+            "or optimizer.weight_decay=0)"
+        )
     train = values.get("train")
     if isinstance(train, dict) and train.get("loss") == "squared_hinge" and train.get("label_smoothing"):
         problems.append(
