@@ -380,7 +380,12 @@ def validate(
                 "(clipping needs dense gradients; set model.sparse=false or trainer.gradient_clip_val=null)"
             )
     optimizer = values.get("optimizer")
-    if isinstance(model, dict) and isinstance(optimizer, dict) and model.get("sparse") and optimizer.get("weight_decay"):
+    if (
+        isinstance(model, dict)
+        and isinstance(optimizer, dict)
+        and model.get("sparse")
+        and optimizer.get("weight_decay")
+    ):
         problems.append(
             f"optimizer.weight_decay={optimizer['weight_decay']} would not reach the model.sparse: true "
             "embedding tables (SparseAdam steps them, without weight decay; set model.sparse=false to decay them, "
