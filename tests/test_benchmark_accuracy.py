@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from hf_models import build_tiny_bert
 
 from benchmarks.accuracy import ROOT, main, preset_members, render_markdown
 
@@ -80,3 +81,28 @@ def test_the_best_row_shows_its_members_and_is_judged_by_its_whole_command() -> 
     assert "| `best` training time | ≤ 1800 s | 1596 s | met |" in table
     assert "| `best` test ECE, calibrated | ≤ 0.03 | 0.025 | met |" in table
     assert preset_members() == ["linear", "fasttext_wide", "minilm"]  # conf/experiment/best.yaml's sweep
+
+
+@pytest.mark.slow
+def test_the_best_row_runs_the_preset_with_every_member(
+    tmp_path: Path, tiny_archive: tuple[Path, str], hf_home: Path, mlflow_uri: str
+) -> None:
+    """`--rows best` runs `python -m textclf +experiment=best` as a user does (its three members,
+    the pretrained one from --model) and reports the ensemble, with each member by name."""
+    archive, sha256 = tiny_archive
+    bert = build_tiny_bert(tmp_path / "bert", max_positions=128)  # the minilm member reads 128 tokens
+    results_dir = tmp_path / "results"
+    overrides = "data.val_fraction=0.25,train.batch_size=8,train.eval_batch_size=16,trainer.max_epochs=1"
+    main(
+        [
+            *("--archive", str(archive), "--sha256", sha256, "--rows", "best", "--no-reference"),
+            *("--overrides", overrides, "--model", str(bert)),
+            *("--work", str(tmp_path / "work"), "--results", str(results_dir), "--no-readme"),
+        ]
+    )
+    best = json.loads((results_dir / "accuracy.json").read_text(encoding="utf-8"))["rows"]["best"]
+    assert [member["member"] for member in best["members"]] == ["linear", "fasttext_wide", "minilm"]
+    assert sum(member["weight"] for member in best["members"]) == pytest.approx(1.0)
+    assert 0.0 <= best["test_accuracy"] <= 1.0 and 0.0 <= best["ece_calibrated"] <= 1.0
+    assert best["train_seconds"] > 0
+    assert "| best's members (weight, test acc alone): linear " in (results_dir / "accuracy.md").read_text("utf-8")
