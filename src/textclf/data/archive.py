@@ -217,9 +217,9 @@ def read_corpus(
     max_document_bytes: int | None = None,
     max_archive_bytes: int | None = None,
 ) -> tuple[list[Message], str]:
-    """Returns every ``<split>/<group>/<name>`` file of the archive, sorted (names in
-    ``article_order``), as raw bytes, and
-    the archive's content hash (``content_sha256``), from one pass.
+    """Returns every ``<split>/<group>/<name>`` file of the archive as raw bytes, sorted (the
+    names in ``article_order``), and the archive's content hash (``content_sha256``), from one
+    pass.
 
     Raises TextclfError for a corrupt or truncated archive, an unsafe member, a split or
     category directory that holds no message, a message over ``max_document_bytes`` or more

@@ -40,7 +40,7 @@ from textclf.errors import TextclfError, run_cli
 from textclf.hashing import file_sha256
 from textclf.resume import sweep_abandoned
 
-FORMAT_VERSION = 2  # bump when the processed layout or tokenization changes
+FORMAT_VERSION = 3  # bump when the processed layout, tokenization or document order changes (3: article_order)
 # The manifest's data_hash hashes the processed files that are the data: every file but the
 # manifest and encoder.json (the splits, labels.json, the encoder's own files: the regex
 # encoder's vocab.txt, a pretrained tokenizer's directory).
