@@ -116,9 +116,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         )
     best = results["rows"].get("best", {})
     if "members" in best:
-        members = "; ".join(
-            f"{m.get('member', 'member')} {m['weight']:.2f}, {m['test']['accuracy']:.2%}" for m in best["members"]
-        )
+        members = "; ".join(f"{m['member']} {m['weight']:.2f}, {m['test']['accuracy']:.2%}" for m in best["members"])
         lines.append(
             f"| best's members (weight, test acc alone): {members} | | | | | | | {_number(best['ece_calibrated'], 3)} | |"
         )

@@ -373,24 +373,7 @@ def validate(
         if isinstance(section_values, dict):
             problems.extend(_check_target_section(section, section_values))
     model, trainer = values.get("model"), values.get("trainer")
-    if isinstance(model, dict) and isinstance(trainer, dict):
-        if model.get("sparse") and trainer.get("gradient_clip_val") is not None:
-            problems.append(
-                "model.sparse: true cannot be combined with trainer.gradient_clip_val "
-                "(clipping needs dense gradients; set model.sparse=false or trainer.gradient_clip_val=null)"
-            )
-    optimizer = values.get("optimizer")
-    if (
-        isinstance(model, dict)
-        and isinstance(optimizer, dict)
-        and model.get("sparse")
-        and optimizer.get("weight_decay")
-    ):
-        problems.append(
-            f"optimizer.weight_decay={optimizer['weight_decay']} would not reach the model.sparse: true "
-            "embedding tables (SparseAdam steps them, without weight decay; set model.sparse=false to decay them, "
-            "or optimizer.weight_decay=0)"
-        )
+    problems.extend(_check_sparse(model, values.get("optimizer"), trainer))
     train = values.get("train")
     if isinstance(train, dict) and train.get("loss") == "squared_hinge" and train.get("label_smoothing"):
         problems.append(
@@ -421,6 +404,27 @@ def _check_pretrained(model: Any, encoder: Any) -> list[str]:
         for key in ("name", "max_len", "max_chunks")
         if encoder.get(key) != model.get(key)
     ]
+
+
+def _check_sparse(model: Any, optimizer: Any, trainer: Any) -> list[str]:
+    """Sparse embedding tables (model.sparse: true) get sparse gradients, stepped by SparseAdam
+    (models/optim.py): no clipping (it needs dense gradients) and no weight decay (SparseAdam
+    has none, so the decay asked for would never reach them)."""
+    if not isinstance(model, dict) or not model.get("sparse"):
+        return []
+    problems = []
+    if isinstance(trainer, dict) and trainer.get("gradient_clip_val") is not None:
+        problems.append(
+            "model.sparse: true cannot be combined with trainer.gradient_clip_val "
+            "(clipping needs dense gradients; set model.sparse=false or trainer.gradient_clip_val=null)"
+        )
+    if isinstance(optimizer, dict) and optimizer.get("weight_decay"):
+        problems.append(
+            f"optimizer.weight_decay={optimizer['weight_decay']} would not reach the model.sparse: true "
+            "embedding tables (SparseAdam steps them, without weight decay; set model.sparse=false to decay them, "
+            "or optimizer.weight_decay=0)"
+        )
+    return problems
 
 
 def _check_lora(model: Any) -> list[str]:
