@@ -16,6 +16,7 @@ from textclf import ensemble as ensemble_module
 from textclf.ensemble import LOG, MEAN, check_members, combine, ensemble, fetch_member, fit, fit_weights, main
 from textclf.errors import TextclfError
 from textclf.predict import predict, register, run_model_uri
+from textclf.provenance import HELD_OUT_TAG
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +141,9 @@ def test_the_held_out_texts_read_again_are_the_documents_preprocess_wrote(tmp_pa
     overrides = ["data=folder", f"data.path={corpus}", f"data.split_seed={split_seed}", "encoder.min_freq=1"]
     cfg = validate(compose([*overrides, *paths], root=REPO_ROOT))
     download(cfg, cfg.paths.raw, progress=False)
-    preprocess(cfg, cfg.paths.raw, cfg.paths.processed, parallel=False)
+    manifest = preprocess(cfg, cfg.paths.raw, cfg.paths.processed, parallel=False)
     held = read_held_out(cfg.data, cfg.paths.raw)
+    assert held.sha256 == manifest["held_out_sha256"]  # what the run tag records, of the texts read back
     encoder = load_encoder(cfg.paths.processed)
     for name in ("val", "test"):
         written = EncodedSplit.load(cfg.paths.processed / f"{name}.pt")
@@ -150,6 +152,26 @@ def test_the_held_out_texts_read_again_are_the_documents_preprocess_wrote(tmp_pa
         assert torch.equal(encoded["offsets"], written.offsets[:-1])
         assert held.labels[name].tolist() == written.labels.tolist()
     assert (len(held.texts["val"]), len(held.texts["test"])) == (6, 12)
+    other = read_held_out(cfg.data.model_copy(update={"split_seed": split_seed + 1}), cfg.paths.raw)
+    assert other.sha256 != held.sha256
+
+
+def test_members_that_held_out_other_documents_fail_in_one_line(
+    members: list[TinyRun], store: str, tmp_path: Path
+) -> None:
+    # Same data settings and content, other held-out documents: what a change of the source's
+    # document order between two trainings leaves (the settings alone cannot tell).
+    first, second = (fetch_member(run_model_uri(run.run_id), store, tmp_path / str(i)) for i, run in enumerate(members))
+    assert first.tags[HELD_OUT_TAG] == second.tags[HELD_OUT_TAG] != "None"
+    moved = dataclasses.replace(second, tags={**second.tags, HELD_OUT_TAG: "0" * 64})
+    with pytest.raises(TextclfError, match="^members validated and tested on different documents: ") as error:
+        check_members([first, moved])
+    assert "\n" not in str(error.value)
+    older = dataclasses.replace(second, tags={k: v for k, v in second.tags.items() if k != HELD_OUT_TAG})
+    check_members([first, older])  # trained before the tag existed: the settings and content decide
+    assert ensemble_module.held_out_documents(first, None).sha256 == first.tags[HELD_OUT_TAG]
+    with pytest.raises(TextclfError, match=r"its validation and test documents are not the ones .* give --raw$"):
+        ensemble_module.held_out_documents(moved, None)
 
 
 def test_fitted_weights_are_deterministic_on_the_simplex_and_drop_a_useless_member() -> None:

@@ -119,7 +119,7 @@ def test_counts_and_stratified_validation(tiny_config, tiny_archive, tmp_path: P
     assert counts["test"] == 18
     assert counts == {"train": 36, "val": 12, "test": 18}
     assert manifest["num_classes"] == 3
-    assert manifest["format_version"] == FORMAT_VERSION == 3
+    assert manifest["format_version"] == FORMAT_VERSION == 4
     assert manifest["content_sha256"] == record.content_sha256 == content_sha256(archive)
     assert manifest["source"] == record.to_json() == json.loads((cfg.paths.raw / RECORD_FILE).read_text())
     # The archive has its test split; validation is held out of the training documents.

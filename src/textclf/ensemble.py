@@ -5,7 +5,8 @@
 
 Members are any textclf models (``runs:/<id>/model``, ``models:/<name>@<alias>``, ...) trained
 on the same data and split: the same data.* settings (mirrors aside), the same content hash
-(the run tag data_content_sha256) and the same classes; they may differ in everything else
+(the run tag data_content_sha256), the same held-out documents (data_held_out_sha256, where
+recorded) and the same classes; they may differ in everything else
 (model family, encoder, training seed). Then:
 
 1. every member's model is copied from the store (MLflow at --tracking-uri, else
@@ -49,6 +50,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from textclf.errors import TextclfError, first_line, run_cli
+from textclf.provenance import HELD_OUT_TAG
 from textclf.serving import LABEL_COLUMN, TEXT_COLUMN, texts_of
 
 MEAN, LOG = "mean", "log"  # the combinations: of the probabilities, of the log-probabilities
@@ -261,6 +263,12 @@ def _data_settings(member: Member) -> dict[str, Any]:
     return {f"data.{key}": value for key, value in flatten(data).items() if key not in WHERE_NOT_WHAT}
 
 
+def _tag(member: Member, name: str) -> str | None:
+    """A run tag of the member's; None when its run did not record it (older runs, "None")."""
+    value = member.tags.get(name)
+    return None if value in (None, "None") else value
+
+
 def check_members(members: list[Member]) -> None:
     """Refuses, in one line, members not trained on the same data and split."""
     uris = [member.model_uri for member in members]
@@ -279,12 +287,19 @@ def check_members(members: list[Member]) -> None:
                     f"and {settings.get(key)!r} for {member.model_uri} (an ensemble's members share their data and "
                     f"split: retrain {member.model_uri} with {key}={reference.get(key)!r})"
                 )
-        ours, theirs = first.tags.get("data_content_sha256"), member.tags.get("data_content_sha256")
-        if ours not in (None, "None") and theirs not in (None, "None") and ours != theirs:
+        ours, theirs = _tag(first, "data_content_sha256"), _tag(member, "data_content_sha256")
+        if ours is not None and theirs is not None and ours != theirs:
             raise TextclfError(
                 f"members trained on different data: {first.model_uri} read content {ours[:12]}..., "
                 f"{member.model_uri} read {theirs[:12]}... (the corpus changed between their trainings: "
                 "retrain one on the other's data)"
+            )
+        ours, theirs = _tag(first, HELD_OUT_TAG), _tag(member, HELD_OUT_TAG)
+        if ours is not None and theirs is not None and ours != theirs:
+            raise TextclfError(
+                f"members validated and tested on different documents: {first.model_uri} held out "
+                f"{ours[:12]}..., {member.model_uri} {theirs[:12]}... (same settings, other split: the source's "
+                "document order changed between their trainings; retrain one on the other's data)"
             )
         if member.labels != first.labels:
             raise TextclfError(
@@ -324,6 +339,13 @@ def held_out_documents(member: Member, raw: Path | None):  # noqa: ANN201 - text
     held = read_held_out(data, raw)
     if held.classes != member.labels:
         raise TextclfError(f"{raw}: its classes {held.classes[:4]}... are not the members' {member.labels[:4]}...")
+    recorded = _tag(member, HELD_OUT_TAG)
+    if recorded is not None and held.sha256 != recorded:
+        raise TextclfError(
+            f"{raw}: its validation and test documents are not the ones {member.model_uri} was trained and "
+            f"tested on (held out {held.sha256[:12]}..., not {recorded[:12]}...): the source's documents or their "
+            "order changed; run the download stage again with the members' settings, or give --raw"
+        )
     logged = member.metrics.get(f"{TEST_PREFIX}num_test")
     if logged is not None and int(logged) != len(held.texts["test"]):
         raise TextclfError(
@@ -425,7 +447,7 @@ def log_ensemble(
         "model": "Ensemble",
         "ensemble.members": ",".join(member.run_id or member.model_uri for member in members),
         "mlflow.source.git.commit": git_commit(project_root()) or "unknown",
-        **{name: first.tags[name] for name in ("data_name", "data_content_sha256") if name in first.tags},
+        **{name: first.tags[name] for name in ("data_name", "data_content_sha256", HELD_OUT_TAG) if name in first.tags},
     }
     name = run_name or f"ensemble-{len(members)}-{fitted['combine']}"
     run_id = store.create_run(experiment_id, run_name=name, tags=tags).info.run_id

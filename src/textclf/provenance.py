@@ -17,6 +17,7 @@ from typing import Any
 NOT_CODE = ("params.yaml", "dvc.lock")
 # Set by DVC in the environment of the stages of `dvc exp run` (dvc/repo/experiments/queue/base.py).
 EXPERIMENT_NAME_ENV, BASELINE_REV_ENV = "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"
+HELD_OUT_TAG = "data_held_out_sha256"  # a run tag: which documents validation and test held (manifest.json)
 EXPERIMENT_NAME_TAG, BASELINE_REV_TAG = "dvc.exp_name", "dvc.baseline_rev"
 
 
@@ -125,6 +126,8 @@ def run_tags(resolved: dict[str, Any], manifest: dict[str, Any]) -> dict[str, st
         "data_hash": manifest["data_hash"],
         # What the source held (a local folder or file is hashed by the download stage).
         "data_content_sha256": str(manifest.get("content_sha256")),
+        # Which documents were held out for validation and test (textclf.data.splits.held_out_sha256).
+        HELD_OUT_TAG: str(manifest.get("held_out_sha256")),
         "model": resolved["model"]["_target_"].rsplit(".", 1)[-1],
         **package_versions(),
         "platform": platform.platform(),

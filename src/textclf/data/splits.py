@@ -11,6 +11,7 @@ the data.* settings, never on the encoder, so both give the same documents.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +30,25 @@ if TYPE_CHECKING:
 
 # An example's split (None: the source does not split) -> its code in a (N,) uint8 array.
 SPLIT_CODES = {TRAIN: 0, None: 0, VALIDATION: 1, TEST: 2}
+
+
+def text_digest(text: str) -> bytes:
+    """A document's 16-byte hash, of its text as the source gave it (before any cleaning)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def held_out_sha256(val: Iterable[bytes], test: Iterable[bytes]) -> str:
+    """Which documents are held out, in order: the sha256 of the validation documents' text
+    digests, then the test documents'. Preprocess records it (manifest.json, the run tag
+    data_held_out_sha256); read_held_out computes it for the texts it reads back, so an
+    ensemble tells members trained on other held-out documents (another split, document
+    order or version of the source) from the data it scores."""
+    hasher = hashlib.sha256()
+    for name, digests in (("val", val), ("test", test)):
+        hasher.update(name.encode())
+        for digest in digests:
+            hasher.update(digest)
+    return hasher.hexdigest()
 
 
 def class_order(labels: Iterable[str]) -> list[str]:
@@ -117,6 +137,7 @@ class HeldOut:
     classes: list[str]  # class i's name, as preprocess orders them (labels.json)
     texts: dict[str, list[str]]  # "val", "test" -> the documents' texts
     labels: dict[str, np.ndarray]  # "val", "test" -> (N,) int64 class indices
+    sha256: str  # held_out_sha256 of the texts, as preprocess records it
 
 
 def read_held_out(data: DataConfig, raw_dir: Path) -> HeldOut:
@@ -147,4 +168,5 @@ def read_held_out(data: DataConfig, raw_dir: Path) -> HeldOut:
         raise TextclfError(
             f"{raw_dir}: the source gave {len(label_codes)} documents, then {count}: it changed while read"
         )
-    return HeldOut(classes, texts, {"val": label_ids[splits.val], "test": label_ids[splits.test]})
+    sha256 = held_out_sha256(map(text_digest, texts["val"]), map(text_digest, texts["test"]))
+    return HeldOut(classes, texts, {"val": label_ids[splits.val], "test": label_ids[splits.test]}, sha256)

@@ -33,14 +33,24 @@ from textclf.config import DATA_SECTIONS, Config, build, load_params
 from textclf.data.encoded import LABELS_FILE, MANIFEST_FILE, EncodedSplit, TokenIds
 from textclf.data.labels import checked_kinds, multi_hot, present
 from textclf.data.sources.base import RECORD_FILE, Example, build_source
-from textclf.data.splits import SPLIT_CODES, Splits, class_indices, class_order, make_splits
+from textclf.data.splits import (
+    SPLIT_CODES,
+    Splits,
+    class_indices,
+    class_order,
+    held_out_sha256,
+    make_splits,
+    text_digest,
+)
 from textclf.encoders.base import ENCODER_FILE, TextEncoder, build_encoder
 from textclf.encoders.vocabulary import VocabularyEncoder
 from textclf.errors import TextclfError, run_cli
 from textclf.hashing import file_sha256
 from textclf.resume import sweep_abandoned
 
-FORMAT_VERSION = 3  # bump when the processed layout, tokenization or document order changes (3: article_order)
+FORMAT_VERSION = (
+    4  # bump when the processed layout, tokenization, document order or manifest changes (4: held_out_sha256)
+)
 # The manifest's data_hash hashes the processed files that are the data: every file but the
 # manifest and encoder.json (the splits, labels.json, the encoder's own files: the regex
 # encoder's vocab.txt, a pretrained tokenizer's directory).
@@ -139,7 +149,7 @@ def _chunks(examples: Iterable[Example], corpus: Corpus) -> Iterator[list[str]]:
         corpus.unsplit += example.split is None
         corpus.fallbacks += example.fallback
         corpus.empty += not example.text
-        corpus.digests.append(hashlib.blake2b(example.text.encode("utf-8", "surrogatepass"), digest_size=16).digest())
+        corpus.digests.append(text_digest(example.text))
         texts.append(example.text)
         if len(texts) == CHUNK_DOCUMENTS:
             yield texts
@@ -393,6 +403,9 @@ def preprocess(cfg: Config, raw_dir: Path, out_dir: Path, parallel: bool = True)
             "vocab_size": encoder.vocab_size,
             "counts": counts,
             "splits": splits.how,
+            "held_out_sha256": held_out_sha256(
+                (corpus.digests[i] for i in splits.val.tolist()), (corpus.digests[i] for i in splits.test.tolist())
+            ),
             "duplicates": duplicates,
             "decode_fallbacks": corpus.fallbacks,
             "empty_documents": corpus.empty,
