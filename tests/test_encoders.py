@@ -27,7 +27,8 @@ NON_ASCII = ["café", "東京", "naïve"]
 
 
 def regex_encoder(**changes: object) -> RegexEncoder:
-    """The encoder of conf/encoder/regex.yaml (the default config), with ``changes``."""
+    """The default config's encoder (conf/encoder/regex.yaml, with fastText's min_freq from
+    conf/tuned/fasttext_adam.yaml), with ``changes``."""
     return build("encoder", {**compose([], root=REPO_ROOT).encoder, **changes})
 
 
@@ -45,7 +46,7 @@ def test_the_default_config_builds_the_regex_encoder_with_its_settings() -> None
 
 
 def test_the_vocabulary_keeps_frequent_words_most_frequent_first_after_pad_and_unk() -> None:
-    encoder = fitted()  # min_freq 2: words seen twice or more
+    encoder = fitted(min_freq=2)  # words seen twice or more
     assert encoder.vocabulary == ["<pad>", "<unk>", "est", "café", "le", "naïve", "the", "東京"]  # ties: alphabetical
     assert encoder.vocab_size == 8
     assert fitted(min_freq=1, max_vocab=3).vocabulary == ["<pad>", "<unk>", "est", "café", "le"]
