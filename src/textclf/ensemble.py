@@ -50,7 +50,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from textclf.errors import TextclfError, first_line, run_cli
-from textclf.provenance import HELD_OUT_TAG
+from textclf.provenance import HELD_OUT_TAG, git_commit, project_root
 from textclf.serving import LABEL_COLUMN, TEXT_COLUMN, texts_of
 
 MEAN, LOG = "mean", "log"  # the combinations: of the probabilities, of the log-probabilities
@@ -430,7 +430,6 @@ def log_ensemble(
 
     from textclf.config import flatten
     from textclf.metrics import TEST_PREFIX, VAL_PREFIX
-    from textclf.provenance import git_commit, project_root
     from textclf.redact import redact_secrets
     from textclf.serving import log_pyfunc, pip_requirements
     from textclf.tracking import TrackingStore

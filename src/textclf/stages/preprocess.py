@@ -48,9 +48,8 @@ from textclf.errors import TextclfError, run_cli
 from textclf.hashing import file_sha256
 from textclf.resume import sweep_abandoned
 
-FORMAT_VERSION = (
-    4  # bump when the processed layout, tokenization, document order or manifest changes (4: held_out_sha256)
-)
+# Bump when the processed layout, tokenization, document order or manifest changes (4: held_out_sha256).
+FORMAT_VERSION = 4
 # The manifest's data_hash hashes the processed files that are the data: every file but the
 # manifest and encoder.json (the splits, labels.json, the encoder's own files: the regex
 # encoder's vocab.txt, a pretrained tokenizer's directory).
